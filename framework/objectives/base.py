@@ -1,0 +1,119 @@
+"""The objective contract: per-sequence statistics in, per-example losses and detached metrics out.
+
+Objectives are pure functions of `SequenceStats` (policy and, optionally, reference) plus the batch's
+annotations. They never touch models, data loading or `torch.distributed`; the one exception is a
+cross-rank statistic the math needs (KTO's reference point, BCO's running reward shift), which they get
+through `self.sync_mean`, a hook the trainer installs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Type
+
+import torch
+
+Tensor = torch.Tensor
+FEEDBACK_KINDS = ("pairwise", "listwise", "binary", "multi")
+
+
+@dataclasses.dataclass
+class SequenceStats:
+    """Per-sequence log-prob statistics for a batch of B examples with K responses each.
+
+    `logps[b, k]` is the sum of response-token log-probs, `lengths[b, k]` the number of response tokens.
+    Optional fields are filled only when an objective asks for them.
+    """
+
+    logps: Tensor
+    lengths: Tensor
+    prompt_logps: Optional[Tensor] = None  # [B, K] sum over prompt tokens (DOVE joint mode)
+    prompt_lengths: Optional[Tensor] = None
+    rewards: Optional[Tensor] = None  # [B, K] scalar-head outputs (reward models)
+
+    @property
+    def mean_logps(self) -> Tensor:
+        """Per-token mean log-prob; empty responses count as length 1 to avoid 0/0."""
+        return self.logps / self.lengths.clamp(min=1).to(self.logps.dtype)
+
+    def column(self, k: int) -> "SequenceStats":
+        """The k-th response of every example, kept 2-D ([B, 1])."""
+        pick = lambda t: None if t is None else t[:, k : k + 1]  # noqa: E731
+        return SequenceStats(*(pick(getattr(self, f.name)) for f in dataclasses.fields(self)))
+
+
+@dataclasses.dataclass
+class ObjectiveOutput:
+    """`losses`: [B] per-example losses, not yet averaged. `metrics`: detached scalars or [B] tensors."""
+
+    losses: Tensor
+    metrics: Dict[str, Tensor] = dataclasses.field(default_factory=dict)
+
+
+def _identity_mean(value: Tensor) -> Tensor:
+    return value
+
+
+class Objective:
+    """Base class. Subclasses set `feedback`, `needs_reference` and implement `loss`.
+
+    Constructor keyword arguments are the objective's hyperparameters; `conf/objective/<name>.yaml` holds
+    the same names, and the config tests bind those keys against the constructor signature.
+    """
+
+    name: ClassVar[str] = ""
+    feedback: ClassVar[str] = "pairwise"
+    needs_reference: ClassVar[bool] = True
+    # Extra per-sequence inputs the trainer must compute (e.g. "prompt_logps", "mismatched").
+    requires: ClassVar[tuple] = ()
+
+    def __init__(self) -> None:
+        # The trainer replaces this with a mean over all ranks (and accumulation micro-batches).
+        self.sync_mean: Callable[[Tensor], Tensor] = _identity_mean
+
+    def loss(self, policy: SequenceStats, reference: Optional[SequenceStats], batch: Mapping[str, Any]) -> ObjectiveOutput:
+        raise NotImplementedError
+
+    # Objectives with running state (BCO's reward shift) override these so checkpoints carry it.
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        del state
+
+    def hparams(self) -> Dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "sync_mean"}
+
+
+_REGISTRY: Dict[str, Type[Objective]] = {}
+
+
+def register_objective(name: str) -> Callable[[Type[Objective]], Type[Objective]]:
+    """Class decorator: make `cls` buildable as `build_objective(name, ...)`."""
+
+    def wrap(cls: Type[Objective]) -> Type[Objective]:
+        if name in _REGISTRY:
+            raise ValueError(f"objective {name!r} registered twice ({_REGISTRY[name].__module__}, {cls.__module__})")
+        if cls.feedback not in FEEDBACK_KINDS:
+            raise ValueError(f"objective {name!r}: feedback must be one of {FEEDBACK_KINDS}, got {cls.feedback!r}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def registered_objectives() -> List[str]:
+    """Sorted names of every registered objective."""
+    return sorted(_REGISTRY)
+
+
+def objective_class(name: str) -> Type[Objective]:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown objective {name!r}; registered: {', '.join(registered_objectives())}")
+    return _REGISTRY[name]
+
+
+def build_objective(name: str, **hparams: Any) -> Objective:
+    """Instantiate a registered objective with its hyperparameters."""
+    return objective_class(name)(**hparams)

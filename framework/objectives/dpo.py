@@ -1,0 +1,31 @@
+"""DPO (Rafailov et al. 2023, arXiv 2305.18290): L = softplus(−β·h), h = ρ(y_w) − ρ(y_l)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import torch.nn.functional as F
+
+from framework.objectives._common import check_pairwise, log_ratios, pairwise_metrics
+from framework.objectives.base import Objective, ObjectiveOutput, SequenceStats, register_objective
+
+
+@register_objective("dpo")
+class DPO(Objective):
+    """Sigmoid DPO over summed log-probs; matches TRL's `loss_type="sigmoid"`."""
+
+    feedback = "pairwise"
+    needs_reference = True
+
+    def __init__(self, beta: float = 0.1) -> None:
+        super().__init__()
+        if beta <= 0:
+            raise ValueError(f"dpo: beta must be > 0, got {beta}")
+        self.beta = float(beta)
+
+    def loss(self, policy: SequenceStats, reference: Optional[SequenceStats], batch: Mapping[str, Any]) -> ObjectiveOutput:
+        check_pairwise(policy)
+        rho = log_ratios(policy, reference)
+        chosen, rejected = self.beta * rho[:, 0], self.beta * rho[:, 1]
+        losses = F.softplus(-(chosen - rejected))
+        return ObjectiveOutput(losses, pairwise_metrics(policy, chosen, rejected))
