@@ -5,6 +5,7 @@ import pkgutil
 
 from framework.objectives.base import (
     FEEDBACK_KINDS,
+    REQUIREMENTS,
     Objective,
     ObjectiveOutput,
     SequenceStats,
@@ -21,6 +22,7 @@ for _info in pkgutil.iter_modules(__path__):
 
 __all__ = [
     "FEEDBACK_KINDS",
+    "REQUIREMENTS",
     "Objective",
     "ObjectiveOutput",
     "SequenceStats",

@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+import math
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 
 from framework.objectives.base import SequenceStats
 
 Tensor = torch.Tensor
+NLL_REDUCTIONS = ("token", "sequence")
 
 
 def log_ratios(policy: SequenceStats, reference: Optional[SequenceStats], mean: bool = False) -> Tensor:
     """ρ = ℓ_θ − ℓ_ref per response ([B, K]); with `mean`, per-token means ρ/|y|."""
     if reference is None:
         raise ValueError("this objective needs reference log-probs, got reference=None")
+    if reference.logps.shape != policy.logps.shape:
+        raise ValueError(f"policy and reference logps differ in shape: {tuple(policy.logps.shape)} vs {tuple(reference.logps.shape)}")
     if mean:
         return policy.mean_logps - reference.mean_logps
     return policy.logps - reference.logps
 
 
 def pairwise_metrics(policy: SequenceStats, chosen_rewards: Tensor, rejected_rewards: Tensor) -> Dict[str, Tensor]:
-    """The default pairwise metrics (OBJECTIVES.md §1b), all detached and per example ([B])."""
+    """The default pairwise metrics (OBJECTIVES.md §1b), all detached and per example ([B]).
+
+    Mean token entropy needs token-level logits, which objectives never see; the trainer logs it.
+    """
     margin = (chosen_rewards - rejected_rewards).detach()
     return {
         "rewards/chosen": chosen_rewards.detach(),
@@ -36,3 +43,49 @@ def pairwise_metrics(policy: SequenceStats, chosen_rewards: Tensor, rejected_rew
 def check_pairwise(policy: SequenceStats) -> None:
     if policy.logps.dim() != 2 or policy.logps.shape[1] != 2:
         raise ValueError(f"pairwise objectives need logps of shape [B, 2] (chosen, rejected), got {tuple(policy.logps.shape)}")
+
+
+def require_key(batch: Mapping[str, Any], key: str, objective: str) -> Any:
+    """`batch[key]`, or a clear error naming the objective that needs it."""
+    if key not in batch:
+        raise KeyError(f"{objective}: batch has no {key!r} (keys: {sorted(batch)})")
+    return batch[key]
+
+
+def check_positive(objective: str, **values: float) -> None:
+    for key, value in values.items():
+        if not value > 0 or not math.isfinite(value):
+            raise ValueError(f"{objective}: {key} must be a finite number > 0, got {value!r}")
+
+
+def check_nonnegative(objective: str, **values: float) -> None:
+    for key, value in values.items():
+        if not value >= 0 or not math.isfinite(value):
+            raise ValueError(f"{objective}: {key} must be a finite number >= 0, got {value!r}")
+
+
+def check_choice(objective: str, key: str, value: str, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{objective}: {key} must be one of {choices}, got {value!r}")
+
+
+def log1mexp(x: Tensor) -> Tensor:
+    """log(1 − eˣ) for x ≤ 0, branch-stable (Mächler 2012): both branches keep full precision."""
+    x = x.clamp(max=-torch.finfo(x.dtype).tiny)
+    return torch.where(x < -math.log(2.0), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def nll_losses(stats: SequenceStats, column: int, reduction: str, sync_mean: Callable[[Tensor], Tensor]) -> Tensor:
+    """Per-example negative log-likelihood of response `column`, shaped so that the trainer's example mean
+    gives the wanted reduction.
+
+    * "sequence": −ℓ̄ (per-token mean per sequence, then the example mean): every example weighs the same.
+    * "token": −ℓ / mean_tokens, with mean_tokens the global mean response length (through `sync_mean`).
+      The trainer's global example mean then equals Σ(−ℓ)/Σ|y| over the global batch, the token mean used
+      by TRL's SFT/ORPO, exactly when every rank and micro-batch holds the same number of examples.
+    """
+    if reduction == "sequence":
+        return -stats.mean_logps[:, column]
+    lengths = stats.lengths[:, column].to(stats.logps.dtype)
+    mean_tokens = sync_mean(lengths.mean().detach()).clamp(min=1.0)
+    return -stats.logps[:, column] / mean_tokens

@@ -9,12 +9,29 @@ through `self.sync_mean`, a hook the trainer installs.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Type
 
 import torch
 
 Tensor = torch.Tensor
-FEEDBACK_KINDS = ("pairwise", "listwise", "binary", "multi")
+# "sft" is one demonstration per example (K=1, no annotation); a pairwise store's chosen column serves too.
+FEEDBACK_KINDS = ("pairwise", "listwise", "binary", "multi", "sft")
+
+# Every string an objective may list in `requires`, and what the trainer must then supply.
+REQUIREMENTS = {
+    "prompt_logps": "SequenceStats.prompt_logps / prompt_lengths [B, K] for policy and reference (DOVE joint mode)",
+    "rewards": "SequenceStats.rewards [B, K] from a scalar reward head (bt_reward); logps may then be zeros",
+    "mismatched": (
+        'batch["mismatched_policy"] and batch["mismatched_reference"]: SequenceStats [B, 1] of each prompt with '
+        "a completion taken from another example (KTO's reference point); no gradient needed"
+    ),
+    "aligned_logps": 'batch["aligned_logps"] [B, M]: per-token mean log-probs of y under M aligned LMs (PoFT)',
+    "self_samples": (
+        "columns are [human negative, K self-samples from the initial policy]; optional "
+        'batch["mask"] [B, 1+K] marks valid columns (D2O)'
+    ),
+}
 
 
 @dataclasses.dataclass
@@ -55,23 +72,36 @@ def _identity_mean(value: Tensor) -> Tensor:
 
 
 class Objective:
-    """Base class. Subclasses set `feedback`, `needs_reference` and implement `loss`.
+    """Base class. Subclasses set `feedback`, `needs_reference`, `requires` and implement `loss`.
 
     Constructor keyword arguments are the objective's hyperparameters; `conf/objective/<name>.yaml` holds
     the same names, and the config tests bind those keys against the constructor signature.
+
+    Metrics are detached. A [B] metric is reduced by the trainer with a NaN-ignoring mean over the global
+    batch; NaN marks "does not apply to this example" (e.g. `rewards/chosen` of an undesirable KTO example).
+    A 0-d metric is a batch-level statistic (e.g. KTO's `kl`), averaged over steps.
     """
 
     name: ClassVar[str] = ""
     feedback: ClassVar[str] = "pairwise"
     needs_reference: ClassVar[bool] = True
-    # Extra per-sequence inputs the trainer must compute (e.g. "prompt_logps", "mismatched").
+    # Extra inputs the trainer must supply, each a key of REQUIREMENTS. An instance may narrow it
+    # (DOVE needs prompt log-probs only in joint mode), so the trainer reads `obj.requires`.
     requires: ClassVar[tuple] = ()
 
     def __init__(self) -> None:
         # The trainer replaces this with a mean over all ranks (and accumulation micro-batches).
         self.sync_mean: Callable[[Tensor], Tensor] = _identity_mean
+        # Stateful objectives (BCO) update their running statistics only while training.
+        self.training = True
+
+    def train(self, mode: bool = True) -> "Objective":
+        """Switch running-state updates on (training) or off (evaluation), like `nn.Module.train`."""
+        self.training = bool(mode)
+        return self
 
     def loss(self, policy: SequenceStats, reference: Optional[SequenceStats], batch: Mapping[str, Any]) -> ObjectiveOutput:
+        """Per-example losses [B] and detached metrics; never averaged across examples here."""
         raise NotImplementedError
 
     # Objectives with running state (BCO's reward shift) override these so checkpoints carry it.
@@ -82,7 +112,9 @@ class Objective:
         del state
 
     def hparams(self) -> Dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "sync_mean"}
+        """The constructor arguments this objective was built with (the keys of its YAML, minus `name`)."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {p: getattr(self, p) for p in names}
 
 
 _REGISTRY: Dict[str, Type[Objective]] = {}
@@ -94,6 +126,9 @@ def register_objective(name: str) -> Callable[[Type[Objective]], Type[Objective]
     def wrap(cls: Type[Objective]) -> Type[Objective]:
         if name in _REGISTRY:
             raise ValueError(f"objective {name!r} registered twice ({_REGISTRY[name].__module__}, {cls.__module__})")
+        unknown = set(cls.requires) - set(REQUIREMENTS)
+        if unknown:
+            raise ValueError(f"objective {name!r} requires undocumented inputs {sorted(unknown)}; add them to REQUIREMENTS")
         if cls.feedback not in FEEDBACK_KINDS:
             raise ValueError(f"objective {name!r}: feedback must be one of {FEEDBACK_KINDS}, got {cls.feedback!r}")
         cls.name = name

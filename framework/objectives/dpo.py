@@ -6,21 +6,23 @@ from typing import Any, Mapping, Optional
 
 import torch.nn.functional as F
 
-from framework.objectives._common import check_pairwise, log_ratios, pairwise_metrics
+from framework.objectives._common import check_pairwise, check_positive, log_ratios, pairwise_metrics
 from framework.objectives.base import Objective, ObjectiveOutput, SequenceStats, register_objective
 
 
 @register_objective("dpo")
 class DPO(Objective):
-    """Sigmoid DPO over summed log-probs; matches TRL's `loss_type="sigmoid"`."""
+    """Sigmoid DPO over summed log-probs; matches TRL's `loss_type="sigmoid"`.
+
+    beta: inverse temperature of the implicit reward β·ρ (TRL default 0.1).
+    """
 
     feedback = "pairwise"
     needs_reference = True
 
     def __init__(self, beta: float = 0.1) -> None:
         super().__init__()
-        if beta <= 0:
-            raise ValueError(f"dpo: beta must be > 0, got {beta}")
+        check_positive("dpo", beta=beta)
         self.beta = float(beta)
 
     def loss(self, policy: SequenceStats, reference: Optional[SequenceStats], batch: Mapping[str, Any]) -> ObjectiveOutput:

@@ -1,0 +1,33 @@
+"""Supervised fine-tuning: negative log-likelihood of the demonstration (column 0).
+
+Reduction (`reduction`): "token" (default) makes the trainer's global example mean equal the token mean
+over the global batch, Σ(−ℓ)/Σ|y|, as TRL's SFT does with `num_items_in_batch` (see `_common.nll_losses`;
+exact when ranks and micro-batches hold equal numbers of examples). "sequence" averages −ℓ̄ per example,
+so every example weighs the same whatever its length. They differ on variable-length data; dividing by a
+per-micro-batch token count instead would bias gradient accumulation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from framework.objectives._common import NLL_REDUCTIONS, check_choice, nll_losses
+from framework.objectives.base import Objective, ObjectiveOutput, SequenceStats, register_objective
+
+
+@register_objective("sft")
+class SFT(Objective):
+    """reduction: "token" (global token mean) or "sequence" (mean of per-sequence token means)."""
+
+    feedback = "sft"
+    needs_reference = False
+
+    def __init__(self, reduction: str = "token") -> None:
+        super().__init__()
+        check_choice("sft", "reduction", reduction, NLL_REDUCTIONS)
+        self.reduction = reduction
+
+    def loss(self, policy: SequenceStats, reference: Optional[SequenceStats], batch: Mapping[str, Any]) -> ObjectiveOutput:
+        losses = nll_losses(policy, 0, self.reduction, self.sync_mean)
+        metrics = {"logps": policy.logps[:, 0].detach(), "mean_logps": policy.mean_logps[:, 0].detach()}
+        return ObjectiveOutput(losses, metrics)
