@@ -1,0 +1,5 @@
+"""The one exception type for problems that stop a store operation (the CLI prints it as a single line)."""
+
+
+class StoreError(Exception):
+    """A fatal, user-facing problem: the message names the file and says what is wrong, without a traceback."""
