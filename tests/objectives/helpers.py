@@ -41,5 +41,5 @@ def random_stats(batch: int, k: int, seed: int = 0, requires_grad: bool = True):
 
 
 def grad_of(loss: torch.Tensor, wrt: torch.Tensor) -> torch.Tensor:
-    (g,) = torch.autograd.grad(loss.sum(), wrt)
+    (g,) = torch.autograd.grad(loss.sum(), wrt, retain_graph=True)
     return g
