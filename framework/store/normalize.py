@@ -134,8 +134,9 @@ def _pair(row: Mapping[str, Any]) -> Tuple[Union[str, Messages], List[str], Opti
         prompts = [_prompt("chosen_prompt", _require(row, "chosen_prompt")),
                    _prompt("rejected_prompt", _require(row, "rejected_prompt"))]
         return prompts[0], [_response("chosen", chosen), _response("rejected", rejected)], prompts
-    # TRL extracts the prompt when none is given, or when its chat-ness differs from the completions'.
-    if "prompt" not in row or (row["prompt"] is not None and is_chat(row["prompt"]) != is_chat(chosen)):
+    # TRL extracts the prompt when none is given, or when a text prompt sits beside whole chat dialogues
+    # (datasets that add a plain `prompt` column to implicit-prompt conversations).
+    if "prompt" not in row or (isinstance(row["prompt"], str) and is_chat(chosen) and len(chosen) > 1):
         if chosen is None or rejected is None:
             raise Invalid("chosen" if chosen is None else "rejected", "null")
         if is_chat(chosen) and is_chat(rejected):

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, NamedTuple, Union
 
@@ -69,7 +70,7 @@ def _read_jsonl(path: str) -> Iterator[RawRow]:
                 # Blank lines are separators, not rows; everything else is a row to write or reject.
                 if line.strip():
                     yield RawRow(path, number, line)
-    except (OSError, EOFError) as exc:  # truncated gzip, bad zstd frame, ...
+    except (OSError, EOFError, zlib.error) as exc:  # not gzip, truncated gzip, unreadable file
         raise StoreError(f"{path}: cannot decompress/read ({exc.__class__.__name__}: {exc})") from None
     except Exception as exc:  # zstandard raises its own ZstdError
         if exc.__class__.__name__ == "ZstdError":

@@ -1,4 +1,4 @@
-"""Fixtures for the store tests: a tiny tokenizer trained on the spot, and JSONL writers."""
+"""Helpers for the store tests: a tiny tokenizer trained on the spot, JSONL writers, shared-data paths."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import json
 import os
 from pathlib import Path
 from typing import Any, Iterable
-
-import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -42,11 +40,6 @@ def make_tokenizer(out_dir: Path, *, chat_template: bool = True, bos: bool = Tru
                                    chat_template=TEMPLATE if chat_template else None)
     fast.save_pretrained(out_dir)
     return str(out_dir)
-
-
-@pytest.fixture(scope="session")
-def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return make_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
 def write_jsonl(path: Path, rows: Iterable[Any]) -> Path:

@@ -1,0 +1,102 @@
+"""`alignray store build|info|verify|sample ...`: build and inspect preference stores.
+
+Fatal problems print one line naming the file and exit 1 (no traceback); `verify` exits 1 on corruption.
+`add-reference` and `add-samples` are run by the trainer's modules (see DELEGATED).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Dict, List, Optional
+
+DELEGATED = {"add-reference": "launch.add_reference", "add-samples": "launch.add_samples"}
+
+
+def _column_map(pairs: List[str]) -> Dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        source, sep, field = pair.partition("=")
+        if not sep or not source or not field:
+            raise SystemExit(f"alignray store: error: --map expects col=field, got {pair!r}")
+        mapping[source] = field
+    return mapping
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alignray store", description="Build and inspect preference stores.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="ingest JSONL(.gz/.zst) / Parquet / save_to_disk datasets into a new version")
+    build.add_argument("sources", nargs="+", metavar="SOURCE")
+    build.add_argument("--out", required=True, help="store root (created, or extended with a new version)")
+    build.add_argument("--tokenizer", help="local HF tokenizer directory (default: the built-in demo tokenizer)")
+    build.add_argument("--kind", choices=["pairwise", "ranked", "binary", "multi"], help="reject rows of other kinds")
+    build.add_argument("--map", action="append", default=[], metavar="COL=FIELD",
+                       help="read source column COL as FIELD (prompt, chosen, rejected, responses, scores, ...)")
+    build.add_argument("--max-prompt-tokens", type=int)
+    build.add_argument("--max-response-tokens", type=int)
+    build.add_argument("--no-truncate", action="store_true", help="reject over-long rows instead of truncating")
+    build.add_argument("--num-shards", type=int)
+    build.add_argument("--num-proc", type=int)
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    info = sub.add_parser("info", help="counts, token lengths, tokenizer and sources of a store version")
+    info.add_argument("path", metavar="DIR")
+    info.add_argument("--json", action="store_true")
+    verify = sub.add_parser("verify", help="re-hash every shard against the manifest")
+    verify.add_argument("path", metavar="DIR")
+    sample = sub.add_parser("sample", help="show rows decoded back to text")
+    sample.add_argument("path", metavar="DIR")
+    sample.add_argument("-n", type=int, default=5)
+    sample.add_argument("--seed", type=int, default=0)
+    for name in DELEGATED:
+        sub.add_parser(name, help=f"see `alignray store {name} --help`", add_help=False)
+    return parser
+
+
+def _build(args: argparse.Namespace) -> int:
+    from framework.store import build_store
+
+    build_store(args.sources, args.out, tokenizer=args.tokenizer, kind=args.kind, column_map=_column_map(args.map),
+                max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens,
+                truncate=not args.no_truncate, num_shards=args.num_shards, num_proc=args.num_proc,
+                progress=not args.quiet)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from framework.store import open_store, verify
+
+    version = open_store(args.path)
+    problems = verify(version)
+    for problem in problems:
+        print(f"alignray store verify: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"ok: {version.path} ({len(version.manifest['shards'])} shards, {version.num_rows:,} rows)")
+    return 1 if problems else 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        try:
+            module = importlib.import_module(DELEGATED[argv[0]])
+        except ModuleNotFoundError:
+            print(f"alignray store: error: {argv[0]} is not available in this build", file=sys.stderr)
+            return 2
+        return int(module.main(argv[1:]) or 0)
+    args = _parser().parse_args(argv)
+    from framework.store.show import info, sample
+    from framework.store.errors import StoreError
+
+    commands = {"build": _build, "info": info, "verify": _verify, "sample": sample}
+    try:
+        return commands[args.command](args)
+    except StoreError as exc:
+        print(f"alignray store: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
