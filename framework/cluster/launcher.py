@@ -1,0 +1,166 @@
+"""Driver side: start or join Ray, run the TorchTrainer, show progress, export the result.
+
+This is the only module (with `worker.py` and `jobs.py`) that talks to Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from framework.config import RunConfig
+
+log = logging.getLogger(__name__)
+LOOPBACK = "127.0.0.1"
+
+
+def _use_gpu(cfg: RunConfig) -> bool:
+    if cfg.cluster.use_gpu == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return cfg.cluster.use_gpu == "true"
+
+
+def embedded_cpus(cfg: RunConfig) -> int:
+    """Logical CPUs for an embedded Ray: more than the training workers take, so Ray Data and the Train
+    controller always find a slot (2 one-CPU workers on num_cpus=2 starve a Ray Data read forever)."""
+    need = cfg.cluster.num_workers * cfg.cluster.cpus_per_worker
+    return int(cfg.cluster.num_cpus or max(4, int(need) + 2))
+
+
+def ensure_ray(cfg: RunConfig) -> None:
+    """Join `cluster.address` (or RAY_ADDRESS), else start an embedded Ray bound to loopback."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"OMP_NUM_THREADS": str(max(1, int(cfg.cluster.cpus_per_worker))), "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "PYTHONUNBUFFERED": "1"}
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        return
+    # Seen on these machines: Ray binds the machine's interface unless told otherwise; keep it on loopback.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # The dashboard backs Ray's state API, which Ray Train's placement-group cleaner polls; loopback only.
+    ray.init(num_cpus=embedded_cpus(cfg), include_dashboard=True, dashboard_host=LOOPBACK, _node_ip_address=LOOPBACK,
+             runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
+
+
+class Progress:
+    """A tqdm bar on the driver fed by rank 0's metrics file (worker stderr is line-buffered through Ray, so a
+    bar drawn there would print one line per refresh)."""
+
+    def __init__(self, metrics_file: Path, total: int) -> None:
+        self.metrics_file, self.total = metrics_file, total
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.last: Dict[str, Any] = {}
+
+    def __enter__(self) -> "Progress":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.total, desc="train", unit="step", dynamic_ncols=True)
+        offset = 0
+        while True:
+            stopping = self._stop.is_set()
+            if self.metrics_file.exists():
+                with open(self.metrics_file) as f:
+                    f.seek(offset)
+                    for line in f:
+                        if not line.endswith("\n"):
+                            break
+                        offset += len(line.encode())
+                        self._update(bar, json.loads(line))
+            if stopping:
+                break
+            time.sleep(0.5)
+        bar.close()
+
+    def _update(self, bar: Any, metrics: Dict[str, Any]) -> None:
+        self.last = metrics
+        step = int(metrics.get("step", 0))
+        if step > bar.n:
+            bar.update(step - bar.n)
+        shown = {k: metrics[k] for k in ("loss", "rewards/accuracy", "rewards/margin") if k in metrics}
+        if "tokens_per_s" in metrics:
+            shown["tok/s"] = int(metrics["tokens_per_s"])
+        bar.set_postfix({k.split("/")[-1]: round(v, 4) if isinstance(v, float) else v for k, v in shown.items()})
+
+
+def fit(cfg: RunConfig, prepared: Any) -> Any:
+    """Run the TorchTrainer to completion; returns Ray's Result (its checkpoint is the final one)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from framework.cluster.worker import METRICS_FILE, train_worker
+
+    ensure_ray(cfg)
+    use_gpu = _use_gpu(cfg)
+    backend = cfg.cluster.backend if cfg.cluster.backend != "auto" else ("nccl" if use_gpu else "gloo")
+    output = Path(cfg.output_dir).resolve()
+    storage = cfg.cluster.storage_path or str(output / "ray")
+    payload = {"config": dataclasses.replace(cfg, output_dir=str(output)).to_dict(),
+               "paths": dataclasses.asdict(prepared), "use_gpu": use_gpu, "backend": backend}
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=payload,
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.cluster.num_workers, use_gpu=use_gpu,
+            resources_per_worker={"CPU": cfg.cluster.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name="train", storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.cluster.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+        resume_from_checkpoint=_resume_checkpoint(cfg, storage),
+    )
+    metrics_file = output / METRICS_FILE
+    with Progress(metrics_file, cfg.train.max_steps):
+        return trainer.fit()
+
+
+def _resume_checkpoint(cfg: RunConfig, storage: str) -> Any:
+    if not cfg.resume:
+        return None
+    import ray.train
+
+    path = latest_checkpoint(storage) if cfg.resume == "auto" else cfg.resume
+    if path is None:
+        log.warning("resume=auto: no checkpoint under %s; starting fresh", storage)
+        return None
+    log.warning("resuming from %s", path)
+    return ray.train.Checkpoint.from_directory(path)
+
+
+def latest_checkpoint(storage: str) -> Optional[str]:
+    """Newest complete checkpoint dir under the run's storage (Ray publishes a checkpoint only once uploaded)."""
+    candidates = sorted(Path(storage).glob("train/checkpoint-*"))
+    complete = [c for c in candidates if (c / "alignray_state.json").exists() and (c / "latest").exists()]
+    return str(complete[-1]) if complete else None
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

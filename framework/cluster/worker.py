@@ -1,0 +1,171 @@
+"""The Ray Train worker function: build seam, models, store reader and loop on each rank, then run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+METRICS_FILE = "metrics.jsonl"
+
+
+class RayReporter:
+    """Metrics: rank 0 appends JSON lines (the driver's progress bar tails them) and TensorBoard events.
+    Checkpoints: each rank writes its ZeRO partition to a local scratch dir; Ray Train merges and persists them."""
+
+    def __init__(self, output_dir: str, rank: int, log_every: int) -> None:
+        import ray.train
+
+        self.output_dir, self.rank, self.log_every = Path(output_dir), rank, max(1, log_every)
+        self._scratch: List[str] = []
+        self._writer = None
+        if rank == 0:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+        checkpoint = ray.train.get_checkpoint()
+        self._restored = None
+        if checkpoint is not None:
+            self._restored = checkpoint.to_directory(tempfile.mkdtemp(prefix=f"alignray-restore-r{rank}-"))
+            self._scratch.append(self._restored)
+
+    def restored_checkpoint(self) -> Optional[str]:
+        return self._restored
+
+    def scratch_dir(self, step: int) -> str:
+        path = tempfile.mkdtemp(prefix=f"alignray-ckpt-{step:06d}-r{self.rank}-")
+        self._scratch.append(path)
+        return path
+
+    def report(self, metrics: Dict[str, float], checkpoint_dir: Optional[str]) -> None:
+        import ray.train
+
+        step = int(metrics.get("step", 0))
+        if self.rank == 0:
+            with open(self.output_dir / METRICS_FILE, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            for name, value in metrics.items():
+                if isinstance(value, (int, float)) and name != "step":
+                    self._writer.add_scalar(name, value, step)
+        # ray.train.report is a barrier across workers: call it at the same steps on every rank.
+        if checkpoint_dir is not None or step % self.log_every == 0:
+            checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{step:06d}" if checkpoint else None)
+        if checkpoint_dir is not None:  # persisted (SYNC upload); the local copy is no longer needed
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        for path in self._scratch:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_worker(payload: Dict[str, Any]) -> None:
+    """`train_loop_per_worker` for TorchTrainer. `payload` = {"config": RunConfig dict, "paths": Prepared dict}."""
+    import ray.train
+
+    from framework.config import from_dict
+    from framework.engine.batches import BatchBuilder
+    from framework.engine.loop import TrainLoop
+    from framework.engine.seam import DeepSpeedSeam, pick_device
+    from framework.engine.step import StepRunner
+    from framework.model.loading import load_causal_lm, load_tokenizer
+    from framework.objectives import build_objective
+    from framework.store import EpochSampler, open_store
+
+    cfg, paths = from_dict(payload["config"]), payload["paths"]
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # per-report INFO lines drown the progress bar
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, int(cfg.cluster.cpus_per_worker)))
+    _seed_everything(cfg.train.seed)
+    device = pick_device(payload["use_gpu"])
+    seam = DeepSpeedSeam(cfg.deepspeed, cfg.train, device, payload["backend"])
+    seam.init_distributed()
+
+    objective = build_objective(cfg.objective_name, **cfg.objective_hparams)
+    objective.sync_mean = lambda t: seam.all_reduce_sum(t.detach()) / seam.world_size
+    store = open_store(paths["train_store"])
+    stored_reference = _use_stored_reference(cfg, store, paths, objective)
+    tokenizer = load_tokenizer(paths["tokenizer_path"])
+
+    with seam.model_loading():
+        policy = load_causal_lm(paths["model_path"], cfg.model.dtype, cfg.model.trust_remote_code)
+        live_reference = objective.needs_reference and not stored_reference
+        reference = load_causal_lm(paths["reference_path"], cfg.model.dtype) if live_reference else None
+    engine = seam.wrap_policy(policy, cfg.train.max_steps)
+    reference = seam.wrap_reference(reference) if reference is not None else None
+    # Eval on held-out pairs uses the live reference for reward accuracy when one is loaded.
+
+    sampler = EpochSampler(
+        store.num_rows, rank=rank, world_size=world, batch_size=cfg.train.micro_batch_size, seed=cfg.train.seed,
+        lengths=store.token_lengths() if cfg.train.length_grouping else None,
+    )
+    builder = BatchBuilder(tokenizer.pad_token_id, cfg.data.max_length, cfg.data.max_prompt_length,
+                           objective.feedback, stored_reference)
+    eval_batches = _eval_batches(paths.get("eval_store"), rank, world, cfg, tokenizer.pad_token_id)
+    runner = StepRunner(seam, engine, reference, objective, tokenizer.pad_token_id, cfg.data.max_length,
+                        cfg.data.max_prompt_length)
+    reporter = RayReporter(cfg.output_dir, rank, cfg.train.log_every)
+    try:
+        TrainLoop(runner, builder, store, sampler, cfg.train, reporter, eval_batches).run()
+        _write_probe(cfg.output_dir, rank, runner, eval_batches)
+    finally:
+        reporter.close()
+
+
+def _use_stored_reference(cfg: Any, store: Any, paths: Dict[str, Any], objective: Any) -> bool:
+    """Stored reference log-probs are used when present and made by the configured reference."""
+    from framework.cluster.reference import stored_reference_matches
+
+    if not objective.needs_reference or cfg.data.use_stored_reference == "never":
+        return False
+    if "mismatched" in objective.requires:  # mismatched completions need a live reference forward
+        return False
+    ok, reason = stored_reference_matches(store, paths["reference_path"], cfg.data.max_length, cfg.data.max_prompt_length)
+    if cfg.data.use_stored_reference == "require" and not ok:
+        raise ValueError(f"data.use_stored_reference=require but {reason}")
+    return ok
+
+
+def _eval_batches(eval_store: Optional[str], rank: int, world: int, cfg: Any, pad_id: int) -> List[Any]:
+    if not eval_store:
+        return []
+    from framework.engine.batches import BatchBuilder
+    from framework.store import EpochSampler, open_store
+
+    store = open_store(eval_store)
+    sampler = EpochSampler(store.num_rows, rank=rank, world_size=world, batch_size=32, seed=0, shuffle=False)
+    builder = BatchBuilder(pad_id, cfg.data.max_length, cfg.data.max_prompt_length, "pairwise", False)
+    return [builder.build(store.take(batch.indices), batch.is_padding) for batch in sampler.plan(0)]
+
+
+def _write_probe(output_dir: str, rank: int, runner: Any, eval_batches: List[Any]) -> None:
+    """Per-sequence log-probs of the trained engine on this rank's first eval batch, to check the HF export."""
+    if not eval_batches:
+        return
+    from framework.engine.step import stats
+
+    batch = eval_batches[0]
+    with torch.no_grad():
+        logps = stats(runner.policy, batch.tokens.to(runner.seam.device)).logps.cpu()
+    probe_dir = Path(output_dir) / "probe"
+    probe_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"row_ids": batch.row_ids, "logps": logps, "weights": batch.weights}, probe_dir / f"rank{rank}.pt")

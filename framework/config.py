@@ -1,0 +1,180 @@
+"""Typed, validated run configuration. YAML + overrides (Hydra) → `RunConfig` → builders.
+
+Validation happens on the driver before Ray or any worker starts, and every error names the dotted key and the
+allowed values, e.g. `deepspeed.zero_stage=7 is not allowed; allowed: 0, 1, 2, 3`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Dict, Mapping, Optional, Tuple, Type, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the key."""
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    path: Optional[str] = None  # local HF dir or hub id; None = the built-in demo model
+    reference_path: Optional[str] = None  # None = same weights as `path`
+    dtype: str = "fp32"
+    trust_remote_code: bool = False
+
+
+@dataclasses.dataclass
+class DataConfig:
+    train: Optional[str] = None  # raw file(s) (comma-separated) or a store dir; None = built-in demo data
+    eval: Optional[str] = None  # held-out pairs (raw or store); None = demo held-out split
+    kind: Optional[str] = None  # pairwise | ranked | binary | multi; None = infer
+    store_dir: Optional[str] = None  # where stores built from raw files go; None = <output_dir>/store
+    tokenizer: Optional[str] = None  # None = the model's tokenizer
+    max_length: int = 128
+    max_prompt_length: int = 64
+    demo_train_rows: int = 2000
+    demo_eval_rows: int = 256
+    use_stored_reference: str = "auto"  # auto | never | require
+
+
+@dataclasses.dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 2
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 for the DeepSpeed engine
+    grad_clip: float = 1.0
+    offload_optimizer: bool = False  # ZeRO-Offload to CPU (DeepSpeed CPU Adam: JIT-builds on first use)
+    cpu_shm_comm: bool = False  # DeepSpeed's CPU shared-memory allreduce (JIT-builds ~50 s on first use)
+
+
+@dataclasses.dataclass
+class ClusterConfig:
+    address: Optional[str] = None  # None = embedded local Ray on loopback; "auto" or ray://... to connect
+    num_workers: int = 2
+    cpus_per_worker: float = 1.0
+    use_gpu: str = "auto"  # auto | true | false
+    backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | gloo | nccl
+    num_cpus: Optional[int] = None  # logical CPUs for the embedded Ray; None = enough for workers + Ray Data
+    max_failures: int = 0  # Ray Train restarts of the worker group after a failure
+    storage_path: Optional[str] = None  # Ray Train storage (checkpoints); None = <output_dir>/ray
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    max_steps: int = 200
+    micro_batch_size: int = 8  # examples per worker per micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    seed: int = 0
+    log_every: int = 10
+    eval_at_start: bool = True
+    eval_at_end: bool = True
+    checkpoint_every: int = 0  # steps; 0 = only at the end
+    keep_checkpoints: int = 2
+    max_nonfinite_steps: int = 3  # consecutive non-finite losses before the run stops
+    length_grouping: bool = True
+    export: bool = True
+
+
+@dataclasses.dataclass
+class RunConfig:
+    objective: Dict[str, Any]
+    model: ModelConfig
+    data: DataConfig
+    deepspeed: DeepSpeedConfig
+    cluster: ClusterConfig
+    train: TrainConfig
+    output_dir: str = "runs/latest"
+    resume: Optional[str] = None  # None | auto | PATH of a checkpoint
+
+    @property
+    def objective_name(self) -> str:
+        return self.objective["name"]
+
+    @property
+    def objective_hparams(self) -> Dict[str, Any]:
+        return {k: v for k, v in self.objective.items() if k != "name"}
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+ALLOWED: Dict[str, Tuple[Any, ...]] = {
+    "deepspeed.zero_stage": (0, 1, 2, 3),
+    "deepspeed.dtype": ("fp32", "bf16", "fp16"),
+    "model.dtype": ("fp32", "bf16", "fp16"),
+    "cluster.use_gpu": ("auto", "true", "false"),
+    "cluster.backend": ("auto", "gloo", "nccl"),
+    "data.kind": (None, "pairwise", "ranked", "binary", "multi"),
+    "data.use_stored_reference": ("auto", "never", "require"),
+}
+POSITIVE = ("cluster.num_workers", "train.max_steps", "train.micro_batch_size", "train.grad_accum",
+            "data.max_length", "data.max_prompt_length", "train.lr", "cluster.cpus_per_worker")
+
+
+def _build(cls: Type[T], values: Mapping[str, Any], prefix: str) -> T:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}.{unknown[0]}; allowed keys in {prefix}: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}"
+        if isinstance(value, bool) and key in ("cluster.use_gpu",):
+            value = str(value).lower()
+        if key in ALLOWED and value not in ALLOWED[key]:
+            allowed = ", ".join(str(v) for v in ALLOWED[key])
+            raise ConfigError(f"{key}={value} is not allowed; allowed: {allowed}")
+        if key in POSITIVE and not (isinstance(value, (int, float)) and value > 0):
+            raise ConfigError(f"{key}={value} must be a positive number")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def validate_objective(objective: Mapping[str, Any]) -> Dict[str, Any]:
+    """The objective group must name a registered objective and only its constructor's hyperparameters."""
+    from framework.objectives import objective_class, registered_objectives
+
+    objective = dict(objective)
+    name = objective.get("name")
+    if name not in registered_objectives():
+        raise ConfigError(f"objective={name} is not registered; allowed: {', '.join(registered_objectives())}")
+    hparams = {k: v for k, v in objective.items() if k != "name"}
+    signature = inspect.signature(objective_class(name).__init__)
+    try:
+        signature.bind(None, **hparams)
+    except TypeError as err:
+        allowed = [p for p in signature.parameters if p != "self"]
+        raise ConfigError(f"objective.{name}: {err}; allowed hyperparameters: {', '.join(allowed) or 'none'}") from None
+    try:
+        objective_class(name)(**hparams)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"objective.{name}: {err}") from None
+    return objective
+
+
+def from_dict(raw: Mapping[str, Any]) -> RunConfig:
+    """Validate a plain nested dict (e.g. `OmegaConf.to_container(cfg, resolve=True)`)."""
+    raw = dict(raw)
+    top = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(raw) - top - {"hydra"})
+    if unknown:
+        raise ConfigError(f"unknown top-level key {unknown[0]}; allowed: {', '.join(sorted(top))}")
+    config = RunConfig(
+        objective=validate_objective(raw.get("objective") or {"name": "dpo"}),
+        model=_build(ModelConfig, raw.get("model") or {}, "model"),
+        data=_build(DataConfig, raw.get("data") or {}, "data"),
+        deepspeed=_build(DeepSpeedConfig, raw.get("deepspeed") or {}, "deepspeed"),
+        cluster=_build(ClusterConfig, raw.get("cluster") or {}, "cluster"),
+        train=_build(TrainConfig, raw.get("train") or {}, "train"),
+        output_dir=str(raw.get("output_dir") or "runs/latest"),
+        resume=raw.get("resume"),
+    )
+    if config.data.max_prompt_length >= config.data.max_length:
+        raise ConfigError("data.max_prompt_length must be smaller than data.max_length")
+    if config.deepspeed.zero_stage == 0 and config.deepspeed.offload_optimizer:
+        raise ConfigError("deepspeed.offload_optimizer needs deepspeed.zero_stage >= 1")
+    return config

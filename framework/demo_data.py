@@ -1,0 +1,95 @@
+"""Deterministic demo preference data with a learnable rule.
+
+Each prompt names a topic ("tell me about fruit"). A *good* response stays on the prompt's topic; a *bad* one
+drifts to another topic. Every topic appears equally often in good and bad responses, so the only way to
+prefer the chosen answer is to read the prompt: a policy must learn the prompt→topic association.
+Good and bad responses have the same number of words, so summed log-probs are not biased by length.
+
+Three shapes of the same rule: pairs (prompt/chosen/rejected), ranked lists (responses with scores = share of
+on-topic words) and binary feedback (prompt/completion/label).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+TOPICS: Dict[str, List[str]] = {
+    "fruit": "apple banana cherry grape lemon mango melon peach pear plum".split(),
+    "animals": "bear cat deer dog fox horse lion mouse otter wolf".split(),
+    "weather": "cloud fog frost hail mist rain snow storm sun wind".split(),
+    "music": "bass drum flute guitar harp horn piano song tune violin".split(),
+    "colors": "amber azure black blue brown green orange pink red white".split(),
+    "tools": "axe drill file hammer knife saw screw shovel spade wrench".split(),
+    "sports": "golf hockey judo polo rugby ski soccer surf swim tennis".split(),
+    "food": "bread butter cheese honey jam pasta rice salt soup stew".split(),
+}
+PROMPT_TEMPLATES = ["tell me about {t} .", "what do you know about {t} ?", "say something on {t} .", "talk about {t} please ."]
+RESPONSE_WORDS = 6
+
+
+def _response(rng: random.Random, topic: str, on_topic_words: int) -> str:
+    """`on_topic_words` words from `topic`, the rest from other topics, shuffled."""
+    others = [t for t in TOPICS if t != topic]
+    words = rng.sample(TOPICS[topic], on_topic_words)
+    words += [rng.choice(TOPICS[rng.choice(others)]) for _ in range(RESPONSE_WORDS - on_topic_words)]
+    rng.shuffle(words)
+    return " ".join(words) + " ."
+
+
+def _prompt(rng: random.Random) -> tuple:
+    topic = rng.choice(sorted(TOPICS))
+    return topic, rng.choice(PROMPT_TEMPLATES).format(t=topic)
+
+
+def pairs(n: int, seed: int) -> Iterator[dict]:
+    """TRL-style pairwise rows: chosen is fully on topic, rejected fully off topic."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        topic, prompt = _prompt(rng)
+        yield {"prompt": prompt, "chosen": _response(rng, topic, RESPONSE_WORDS), "rejected": _response(rng, topic, 0)}
+
+
+def ranked(n: int, seed: int, list_size: int = 4) -> Iterator[dict]:
+    """Lists of `list_size` responses with distinct on-topic shares; score = share of on-topic words."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        topic, prompt = _prompt(rng)
+        counts = rng.sample(range(RESPONSE_WORDS + 1), list_size)
+        responses = [_response(rng, topic, c) for c in counts]
+        yield {"prompt": prompt, "responses": responses, "scores": [c / RESPONSE_WORDS for c in counts]}
+
+
+def binary(n: int, seed: int) -> Iterator[dict]:
+    """TRL-style unpaired rows (prompt/completion/label), half desirable."""
+    rng = random.Random(seed)
+    for i in range(n):
+        topic, prompt = _prompt(rng)
+        good = i % 2 == 0
+        yield {"prompt": prompt, "completion": _response(rng, topic, RESPONSE_WORDS if good else 0), "label": good}
+
+
+SHAPES = {"pairwise": pairs, "ranked": ranked, "binary": binary}
+
+
+def write_jsonl(rows: Iterator[dict], path: Path) -> Path:
+    """Write rows atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def corpus() -> Iterator[str]:
+    """Text the demo tokenizer is trained on: every word and template the generator can emit."""
+    for words in TOPICS.values():
+        yield " ".join(words) + " ."
+    for t in TOPICS:
+        for template in PROMPT_TEMPLATES:
+            yield template.format(t=t)

@@ -1,0 +1,183 @@
+"""The train loop: epochs of sampler batches → `StepRunner.train_step` → metrics, checkpoints, ledger.
+
+Knows no Ray: checkpoints and metrics leave through a `Reporter` that `framework.cluster` implements.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from framework.config import TrainConfig
+from framework.engine.batches import BatchBuilder, MicroBatch
+from framework.engine.step import StepRunner, evaluate_pairs
+
+log = logging.getLogger(__name__)
+STATE_FILE = "alignray_state.json"
+LEDGER_FILE = "ledger-rank{rank:03d}.jsonl"
+
+
+class Reporter(Protocol):
+    def report(self, metrics: Dict[str, float], checkpoint_dir: Optional[str]) -> None: ...
+    def scratch_dir(self, step: int) -> str: ...
+    def restored_checkpoint(self) -> Optional[str]: ...
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps with a NaN/Inf loss."""
+
+
+class TrainLoop:
+    """Runs `max_steps` optimizer steps over epochs of the rank's sampler batches."""
+
+    def __init__(self, runner: StepRunner, builder: BatchBuilder, store: Any, sampler: Any, train: TrainConfig,
+                 reporter: Reporter, eval_batches: Optional[List[MicroBatch]] = None) -> None:
+        self.runner, self.builder, self.store, self.sampler = runner, builder, store, sampler
+        self.train, self.reporter, self.eval_batches = train, reporter, eval_batches or []
+        self.seam = runner.seam
+        self.step = 0
+        self.nonfinite_in_row = 0
+        self.skipped_steps = 0
+        self.ledger: List[Dict[str, Any]] = []
+
+    # -- data ------------------------------------------------------------------------------------------
+    def micro_batches(self) -> Iterator[Tuple[List[MicroBatch], Dict[str, Any]]]:
+        """Groups of `grad_accum` micro-batches, resuming from the sampler's saved position."""
+        while True:
+            state = self.sampler.state_dict()
+            epoch, start = int(state["epoch"]), int(state["batches_consumed"])
+            plan = self.sampler.plan(epoch)
+            accum = self.train.grad_accum
+            usable = len(plan) - len(plan) % accum
+            if usable == 0:
+                raise ValueError(f"an epoch has only {len(plan)} micro-batches per rank, fewer than grad_accum={accum}")
+            for first in range(start, usable, accum):
+                group = plan[first : first + accum]
+                built = [self._build(indices) for indices in group]
+                self.sampler.load_state_dict({**state, "epoch": epoch, "batches_consumed": first + accum})
+                yield built, {"epoch": epoch, "rows": [self._real(b) for b in group]}
+            self.sampler.load_state_dict({**state, "epoch": epoch + 1, "batches_consumed": 0})
+
+    def _build(self, batch: Any) -> MicroBatch:
+        return self.builder.build(self.store.take(batch.indices), batch.is_padding)
+
+    @staticmethod
+    def _real(batch: Any) -> List[int]:
+        return [int(r) for r, pad in zip(batch.indices, batch.is_padding) if not pad]
+
+    # -- run -------------------------------------------------------------------------------------------
+    def run(self) -> Dict[str, float]:
+        self._maybe_restore()
+        summary: Dict[str, float] = {}
+        if self.train.eval_at_start and self.step == 0 and self.eval_batches:
+            summary.update({f"{k}@start": v for k, v in self._evaluate().items()})
+            self.reporter.report({"step": 0, **summary}, None)
+        batches = self.micro_batches()
+        while self.step < self.train.max_steps:
+            group, info = next(batches)
+            started = time.perf_counter()
+            metrics = self.runner.train_step(group)
+            self._check_finite(metrics)
+            self.step += 1
+            self.ledger.append({"step": self.step, "epoch": info["epoch"], "rows": info["rows"],
+                                "applied": not metrics.get("nonfinite")})
+            elapsed = time.perf_counter() - started
+            metrics.update({"step": self.step, "epoch": info["epoch"], "lr": self.seam.lr(),
+                            "step_time": elapsed, "tokens_per_s": metrics.get("tokens", 0.0) / max(elapsed, 1e-9),
+                            "skipped_steps": self.skipped_steps})
+            checkpoint = None
+            last = self.step == self.train.max_steps
+            if last or (self.train.checkpoint_every and self.step % self.train.checkpoint_every == 0):
+                if last and self.train.eval_at_end and self.eval_batches:
+                    end = self._evaluate()
+                    summary.update({f"{k}@end": v for k, v in end.items()})
+                    metrics.update(end)
+                checkpoint = self._save()
+            self.reporter.report(metrics, checkpoint)
+        return summary
+
+    def _evaluate(self) -> Dict[str, float]:
+        return evaluate_pairs(self.seam, self.runner.policy, self.runner.reference, self.eval_batches)
+
+    def _check_finite(self, metrics: Dict[str, float]) -> None:
+        if not metrics.get("nonfinite"):
+            self.nonfinite_in_row = 0
+            return
+        self.skipped_steps += 1
+        self.nonfinite_in_row += 1
+        log.warning("non-finite loss at step %d (%d in a row)", self.step + 1, self.nonfinite_in_row)
+        if self.nonfinite_in_row >= self.train.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"loss was NaN/Inf for {self.nonfinite_in_row} consecutive steps (train.max_nonfinite_steps="
+                f"{self.train.max_nonfinite_steps}); stopping without checkpointing. Lower train.lr or check the data."
+            )
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def _state(self) -> Dict[str, Any]:
+        return {
+            "step": self.step, "sampler": self.sampler.state_dict(), "skipped_steps": self.skipped_steps,
+            "objective": self.runner.objective.state_dict(), "rng": _rng_state(),
+        }
+
+    def _save(self) -> str:
+        # Every rank checks its own (ZeRO) partition; the verdict is shared so all ranks stop together.
+        bad = self.seam.all_reduce_sum(torch.tensor([0.0 if _weights_finite(self.runner.policy) else 1.0]))
+        if float(bad[0]) > 0:
+            raise NonFiniteLossError(f"policy weights are not finite at step {self.step}; refusing to checkpoint")
+        directory = self.reporter.scratch_dir(self.step)
+        self.seam.save(directory, tag="model", client_state={"alignray": self._state()})
+        rank = self.seam.rank
+        with open(Path(directory) / LEDGER_FILE.format(rank=rank), "w") as f:
+            for entry in self.ledger:
+                f.write(json.dumps(entry) + "\n")
+        if rank == 0:
+            (Path(directory) / STATE_FILE).write_text(json.dumps(self._state(), default=str))
+        self.seam.barrier()
+        return directory
+
+    def _maybe_restore(self) -> None:
+        directory = self.reporter.restored_checkpoint()
+        if directory is None:
+            return
+        client_state = self.seam.load(directory).get("alignray", {})
+        self.step = int(client_state.get("step", 0))
+        self.skipped_steps = int(client_state.get("skipped_steps", 0))
+        self.sampler.load_state_dict(client_state["sampler"])
+        self.runner.objective.load_state_dict(client_state.get("objective", {}))
+        if "rng" in client_state:
+            _set_rng_state(client_state["rng"])
+        ledger = Path(directory) / LEDGER_FILE.format(rank=self.seam.rank)
+        if ledger.exists():
+            self.ledger = [json.loads(line) for line in ledger.read_text().splitlines() if line]
+        log.info("resumed from %s at step %d", directory, self.step)
+
+
+def _weights_finite(model: Any) -> bool:
+    """This rank's view: its ZeRO-3 partition (`ds_tensor`) or the full parameters."""
+    for param in model.parameters():
+        data = getattr(param, "ds_tensor", None)
+        data = param.data if data is None or data.numel() == 0 else data
+        if data.numel() and not torch.isfinite(data).all():
+            return False
+    return True
+
+
+def _rng_state() -> Dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state().tolist()}
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    def tuples(value: Any) -> Any:
+        return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
+    random.setstate(tuples(state["python"]))
+    np.random.set_state(tuples(state["numpy"]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))

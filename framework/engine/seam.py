@@ -1,0 +1,183 @@
+"""The DeepSpeed seam: everything the train loop needs from DeepSpeed and torch.distributed, behind one class.
+
+The loop calls `backward`, `step`, `all_reduce_sum`, `save`, `load`; it never imports deepspeed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from typing import Any, Dict, Iterator, Optional
+
+import torch
+
+from framework.config import DeepSpeedConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def deepspeed_config(ds: DeepSpeedConfig, train: TrainConfig, world_size: int, with_optimizer: bool = True) -> Dict[str, Any]:
+    """The DeepSpeed JSON config for the policy (or, without optimizer, for a ZeRO-3 reference)."""
+    config: Dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": train.micro_batch_size * train.grad_accum * world_size,
+        "gradient_clipping": ds.grad_clip,
+        "zero_optimization": {"stage": ds.zero_stage},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+    }
+    if ds.zero_stage == 3:
+        config["zero_optimization"].update({"stage3_gather_16bit_weights_on_model_save": True})
+    if ds.offload_optimizer and with_optimizer:
+        config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
+    if ds.dtype == "bf16":
+        config["bf16"] = {"enabled": True}
+    elif ds.dtype == "fp16":
+        config["fp16"] = {"enabled": True, "initial_scale_power": 16}
+    if not with_optimizer:
+        config.pop("gradient_clipping")
+    return config
+
+
+class DeepSpeedSeam:
+    """One per worker process. Owns the process group, the policy engine and the reference wrapper."""
+
+    def __init__(self, ds: DeepSpeedConfig, train: TrainConfig, device: torch.device, backend: str) -> None:
+        self.ds, self.train, self.device, self.backend = ds, train, device, backend
+        self.engine: Any = None
+        self._hf_ds_config: Any = None  # must outlive from_pretrained under ZeRO-3
+
+    # -- process group ---------------------------------------------------------------------------------
+    def init_distributed(self) -> None:
+        import deepspeed
+        import deepspeed.ops
+
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        if not self.ds.cpu_shm_comm:
+            # Its first use JIT-compiles a C++ op for ~50 s; gloo's allreduce is enough at our sizes.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        deepspeed.init_distributed(dist_backend=self.backend, auto_mpi_discovery=False)
+
+    @property
+    def rank(self) -> int:
+        return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+    @property
+    def world_size(self) -> int:
+        return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+    @contextlib.contextmanager
+    def model_loading(self) -> Iterator[None]:
+        """Under ZeRO-3, transformers' from_pretrained partitions weights as it loads (zero.Init) while an
+        HfDeepSpeedConfig is alive; keep it for the engine's lifetime."""
+        if self.ds.zero_stage == 3 and self._hf_ds_config is None:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds_config = HfDeepSpeedConfig(deepspeed_config(self.ds, self.train, self.world_size))
+        yield
+
+    # -- engines ---------------------------------------------------------------------------------------
+    def wrap_policy(self, model: torch.nn.Module, total_steps: int) -> Any:
+        import deepspeed
+
+        train = self.train
+
+        def make_optimizer(params: Any) -> torch.optim.Optimizer:
+            # torch AdamW: no DeepSpeed op build. Offload needs DeepSpeed's CPU Adam (builds once, cached).
+            if self.ds.offload_optimizer:
+                from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+                return DeepSpeedCPUAdam(params, lr=train.lr, weight_decay=train.weight_decay)
+            return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+
+        def make_scheduler(optimizer: torch.optim.Optimizer) -> Any:
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(train.warmup_steps, total_steps))
+
+        self.engine, *_ = deepspeed.initialize(
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            optimizer=make_optimizer,
+            lr_scheduler=make_scheduler,
+            config=deepspeed_config(self.ds, self.train, self.world_size),
+            dist_init_required=False,
+        )
+        return self.engine
+
+    def wrap_reference(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Frozen reference. Under ZeRO-3 it is partitioned too, in its own optimizer-less engine."""
+        model.requires_grad_(False)
+        model.eval()
+        if self.ds.zero_stage != 3:
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.ds.dtype, torch.float32)
+            return model.to(device=self.device, dtype=dtype)
+        import deepspeed
+
+        engine, *_ = deepspeed.initialize(
+            model=model, config=deepspeed_config(self.ds, self.train, self.world_size, with_optimizer=False),
+            dist_init_required=False,
+        )
+        engine.eval()
+        return engine
+
+    # -- step ------------------------------------------------------------------------------------------
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> None:
+        self.engine.step()
+
+    def lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            tensor = tensor.clone()
+            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def save(self, directory: str, tag: str, client_state: Dict[str, Any]) -> None:
+        """Every rank writes its ZeRO partition into `directory/tag` (plus the `latest` marker)."""
+        self.engine.save_checkpoint(directory, tag=tag, client_state=client_state)
+
+    def load(self, directory: str) -> Dict[str, Any]:
+        path, client_state = self.engine.load_checkpoint(directory)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint could be loaded from {directory}")
+        return client_state or {}
+
+
+def _warmup_cosine(warmup: int, total: int, floor: float = 0.1) -> Any:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def pick_device(use_gpu: bool) -> torch.device:
+    if use_gpu and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def consolidated_state_dict(checkpoint_dir: str, tag: str = "model") -> Dict[str, torch.Tensor]:
+    """Full fp32 weights from a DeepSpeed checkpoint of any ZeRO stage (no process group needed)."""
+    from pathlib import Path
+
+    path = Path(checkpoint_dir)
+    if not any(path.glob(f"{tag}/*optim_states.pt")):  # ZeRO-0: rank 0 saved the whole module
+        return torch.load(path / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag)

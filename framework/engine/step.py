@@ -1,0 +1,141 @@
+"""One training step: forwards, objective, globally normalised loss, DeepSpeed backward/step, metrics."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from framework.engine.batches import MicroBatch
+from framework.model.batching import TokenBatch, collate
+from framework.model.logprobs import sequence_logps
+from framework.objectives import Objective, SequenceStats
+
+
+def stats(model: Any, tokens: TokenBatch, with_prompt: bool = False) -> SequenceStats:
+    out = sequence_logps(model, tokens, with_prompt=with_prompt)
+    return SequenceStats(**out)
+
+
+def mismatched_tokens(batch: MicroBatch, pad_id: int, max_length: int, max_prompt_length: int) -> TokenBatch:
+    """KTO's mismatched completions: example i's prompt with example (i+1)'s response (a batch of 1 is invalid)."""
+    tokens = batch.tokens
+    if tokens.num_examples < 2:
+        raise ValueError("this objective needs micro_batch_size >= 2 (mismatched completions come from the batch)")
+    prompts, responses = [], []
+    ids, mask = tokens.input_ids, tokens.response_mask
+    prompt_mask = tokens.prompt_mask
+    for i in range(tokens.num_examples):
+        j = (i + 1) % tokens.num_examples
+        prompts.append(ids[i][prompt_mask[i]].tolist())
+        responses.append([ids[j][mask[j]].tolist()])
+    return collate(prompts, responses, pad_id=pad_id, max_length=max_length, max_prompt_length=max_prompt_length)
+
+
+class StepRunner:
+    """Runs the forwards and the objective for micro-batches; the seam does the distributed parts."""
+
+    def __init__(self, seam: Any, policy: Any, reference: Optional[Any], objective: Objective, pad_id: int,
+                 max_length: int, max_prompt_length: int) -> None:
+        self.seam, self.policy, self.reference, self.objective = seam, policy, reference, objective
+        self.pad_id, self.max_length, self.max_prompt_length = pad_id, max_length, max_prompt_length
+        self.with_prompt = "prompt_logps" in objective.requires
+
+    def objective_output(self, batch: MicroBatch) -> Any:
+        device = self.seam.device
+        tokens = batch.tokens.to(device)
+        policy_stats = stats(self.policy, tokens, self.with_prompt)
+        reference_stats = self.reference_stats(batch, tokens)
+        annotations = dict(batch.annotations)
+        if "mismatched" in self.objective.requires:
+            mism = mismatched_tokens(batch, self.pad_id, self.max_length, self.max_prompt_length).to(device)
+            with torch.no_grad():
+                annotations["mismatched_policy"] = stats(self.policy, mism)
+                annotations["mismatched_reference"] = stats(self.reference, mism) if self.reference is not None else None
+        annotations = {k: v.to(device) if torch.is_tensor(v) else v for k, v in annotations.items()}
+        out = self.objective.loss(policy_stats, reference_stats, annotations)
+        return out, policy_stats
+
+    def reference_stats(self, batch: MicroBatch, tokens: TokenBatch) -> Optional[SequenceStats]:
+        if not self.objective.needs_reference:
+            return None
+        if batch.stored_reference is not None:
+            return SequenceStats(**{k: v.to(self.seam.device) for k, v in batch.stored_reference.items()})
+        with torch.no_grad():
+            return stats(self.reference, tokens, self.with_prompt)
+
+    def train_step(self, micro_batches: Sequence[MicroBatch]) -> Dict[str, float]:
+        """Loss normalised by the global number of real examples across ranks and micro-batches, so 2 ranks ×
+        4 examples give the same gradient as 1 rank × 8. DeepSpeed averages gradients over ranks and divides by
+        the accumulation steps itself, hence the factor world_size × grad_accum."""
+        local_count = sum(float(mb.weights.sum()) for mb in micro_batches)
+        global_count = float(self.seam.all_reduce_sum(torch.tensor([local_count], dtype=torch.float64))[0])
+        scale = self.seam.world_size * len(micro_batches) / max(global_count, 1.0)
+        sums: Dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
+        nonfinite = 0
+        for index, mb in enumerate(micro_batches):
+            out, policy_stats = self.objective_output(mb)
+            weights = mb.weights.to(out.losses.device, out.losses.dtype)
+            loss = (out.losses * weights).sum() * scale
+            # Every rank must take the same branch, or collectives inside backward/step deadlock.
+            finite = self.seam.all_reduce_sum(torch.tensor([float(torch.isfinite(loss))], dtype=torch.float64))
+            if float(finite[0]) < self.seam.world_size:
+                nonfinite += 1
+                if index == 0 and len(micro_batches) == 1:
+                    return {"nonfinite": 1.0}
+                # Later micro-batch under accumulation: contribute a zero gradient, keep DeepSpeed's count aligned.
+                loss = (policy_stats.logps.nan_to_num(0.0, 0.0, 0.0) * 0.0).sum()
+            else:
+                self._accumulate(sums, out, weights, policy_stats, mb)
+            self.seam.backward(loss)
+            self.seam.step()
+        totals = self._reduce(sums, global_count)
+        totals["nonfinite"] = float(nonfinite > 0)
+        return totals
+
+    @staticmethod
+    def _accumulate(sums: Dict[str, torch.Tensor], out: Any, weights: torch.Tensor, policy_stats: SequenceStats,
+                    mb: MicroBatch) -> None:
+        sums["loss"] += (out.losses.detach() * weights).sum().double().cpu()
+        for name, value in out.metrics.items():
+            value = value.detach().double().cpu()
+            if value.dim() == 0:  # batch-level scalar (e.g. KTO's z0): weight by the micro-batch size
+                sums[name] += value * weights.sum().double().cpu()
+            else:
+                sums[name] += (value.reshape(len(weights), -1).mean(-1) * weights.double().cpu()).sum()
+        sums["tokens"] += float(mb.tokens.num_tokens)
+
+    def _reduce(self, sums: Dict[str, torch.Tensor], global_count: float) -> Dict[str, float]:
+        names = sorted(sums)
+        if not names:
+            return {}
+        packed = self.seam.all_reduce_sum(torch.stack([sums[n] for n in names]))
+        out = {n: float(v) / max(global_count, 1.0) for n, v in zip(names, packed)}
+        out["tokens"] = float(packed[names.index("tokens")])
+        return out
+
+
+@torch.no_grad()
+def evaluate_pairs(seam: Any, policy: Any, reference: Optional[Any], batches: List[MicroBatch]) -> Dict[str, float]:
+    """Held-out pairwise accuracy: policy margin ℓ_θ(y_w) > ℓ_θ(y_l), and (with a reference) the implicit
+    reward margin ρ(y_w) > ρ(y_l). Every rank runs its share (ZeRO-3 forwards are collective)."""
+    totals = torch.zeros(4, dtype=torch.float64)  # count, policy correct, reward correct, mean margin sum
+    for mb in batches:
+        tokens = mb.tokens.to(seam.device)
+        policy_stats = stats(policy, tokens)
+        margin = (policy_stats.logps[:, 0] - policy_stats.logps[:, 1]).double().cpu()
+        w = mb.weights.double()
+        totals[0] += w.sum()
+        totals[1] += ((margin > 0).double() * w).sum()
+        totals[3] += (margin * w).sum()
+        if reference is not None:
+            ref = stats(reference, tokens)
+            rho = (policy_stats.logps - ref.logps).double().cpu()
+            totals[2] += (((rho[:, 0] - rho[:, 1]) > 0).double() * w).sum()
+    totals = seam.all_reduce_sum(totals)
+    n = max(float(totals[0]), 1.0)
+    out = {"eval/policy_accuracy": float(totals[1]) / n, "eval/policy_margin": float(totals[3]) / n, "eval/pairs": float(totals[0])}
+    if reference is not None:
+        out["eval/reward_accuracy"] = float(totals[2]) / n
+    return out

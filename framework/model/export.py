@@ -1,0 +1,38 @@
+"""HF export: consolidated weights → `save_pretrained` (safetensors) + tokenizer, loadable by from_pretrained."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict
+
+import torch
+
+
+def export_hf(state_dict: Dict[str, torch.Tensor], base_model_path: str, tokenizer_path: str, out_dir: str,
+              dtype: torch.dtype = torch.float32) -> Path:
+    """Write an HF model dir atomically (temp dir + rename); the previous export, if any, is replaced only
+    once the new one is complete."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config = AutoConfig.from_pretrained(base_model_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+    if missing or unexpected:
+        raise RuntimeError(f"export: checkpoint does not match {base_model_path}: missing={missing[:5]} unexpected={unexpected[:5]}")
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
+    model.save_pretrained(tmp, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(tmp)
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+    return out

@@ -1,0 +1,87 @@
+"""One training run end to end: validated config → data prep → Ray Train fit → HF export → summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+from framework.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: RunConfig) -> Dict[str, Any]:
+    """Run training; returns the summary (also written to `<output_dir>/summary.json`)."""
+    from framework.cluster import launcher
+    from framework.data_prep import prepare
+
+    started = time.perf_counter()
+    output = Path(cfg.output_dir).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "metrics.jsonl").unlink(missing_ok=True) if not cfg.resume else None
+    prepared = prepare(cfg)
+    result = launcher.fit(cfg, prepared)
+    if result.error is not None:
+        raise result.error
+    summary = summarise(output, result, time.perf_counter() - started)
+    if cfg.train.export and result.checkpoint is not None:
+        summary["export"] = str(export(cfg, prepared, result.checkpoint))
+    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def export(cfg: RunConfig, prepared: Any, checkpoint: Any) -> Path:
+    from framework.engine.seam import consolidated_state_dict
+    from framework.model.export import export_hf
+
+    with checkpoint.as_directory() as directory:
+        state = consolidated_state_dict(directory)
+    return export_hf(state, prepared.model_path, prepared.tokenizer_path, str(Path(cfg.output_dir) / "export"))
+
+
+def summarise(output: Path, result: Any, wall: float) -> Dict[str, Any]:
+    rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [r for r in rows if "loss" in r]
+    start = next((r for r in rows if "eval/policy_accuracy@start" in r), {})
+    end = next((r for r in reversed(rows) if "eval/policy_accuracy" in r), {})
+    tail = steps[len(steps) // 2 :] or steps
+    summary: Dict[str, Any] = {
+        "steps": len(steps),
+        "wall_time_s": round(wall, 1),
+        "tokens_per_s": round(sum(r["tokens_per_s"] for r in tail) / max(1, len(tail)), 1),
+        "final_loss": steps[-1]["loss"] if steps else None,
+        "skipped_steps": steps[-1].get("skipped_steps", 0) if steps else 0,
+        "eval_accuracy_start": start.get("eval/policy_accuracy@start"),
+        "eval_accuracy_end": end.get("eval/policy_accuracy"),
+        "eval_reward_accuracy_end": end.get("eval/reward_accuracy"),
+        "checkpoint": result.checkpoint.path if result.checkpoint is not None else None,
+        "metrics": str(output / "metrics.jsonl"),
+        "tensorboard": str(output / "tensorboard"),
+    }
+    return summary
+
+
+def format_summary(summary: Dict[str, Any]) -> str:
+    def pct(v: Any) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f}%"
+
+    lines = [
+        "",
+        "alignray run summary",
+        f"  held-out preference accuracy (policy log-prob margin > 0): {pct(summary['eval_accuracy_start'])} before"
+        f" -> {pct(summary['eval_accuracy_end'])} after",
+    ]
+    if summary.get("eval_reward_accuracy_end") is not None:
+        lines.append(f"  held-out implicit-reward accuracy after training: {pct(summary['eval_reward_accuracy_end'])}")
+    lines += [
+        f"  steps: {summary['steps']} (skipped non-finite: {summary['skipped_steps']}), final loss {summary['final_loss']:.4f}"
+        if summary["final_loss"] is not None else f"  steps: {summary['steps']}",
+        f"  wall time: {summary['wall_time_s']:.1f} s, throughput: {summary['tokens_per_s']:.0f} tokens/s (all workers)",
+        f"  HF export:  {summary.get('export', 'not written')}",
+        f"  checkpoint: {summary['checkpoint']}",
+        f"  metrics:    {summary['metrics']}  (TensorBoard: {summary['tensorboard']})",
+    ]
+    return "\n".join(lines)
