@@ -193,3 +193,11 @@ def test_kto_matches_trl(seed, labels, shift, weights):
     theirs, kl = trl_kto_loss(policy, reference, mismatched_policy, mismatched_reference, label_tensor, 0.3, *weights)
     assert float(out.losses.mean()) == pytest.approx(theirs, abs=1e-5)
     assert float(out.metrics["kl"]) == pytest.approx(kl, abs=1e-5)
+
+
+def test_trl_sigmoid_ignores_label_smoothing_so_cdpo_is_its_own_objective():
+    policy, reference = _pairs(seed=5)
+    theirs_smoothed = trl_dpo_loss(policy, reference, "sigmoid", beta=0.1, label_smoothing=0.2)
+    assert theirs_smoothed == pytest.approx(trl_dpo_loss(policy, reference, "sigmoid", beta=0.1), abs=1e-12)
+    cdpo = build_objective("cdpo", beta=0.1, label_smoothing=0.2).loss(policy, reference, {}).losses.mean()
+    assert abs(float(cdpo) - theirs_smoothed) > 1e-3
