@@ -44,6 +44,7 @@ class StoreVersion:
                              f"this alignray understands ({SCHEMA_VERSION})")
         rows = [shard["rows"] for shard in self.manifest["shards"]]
         self._offsets = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)]).astype(np.int64)
+        self._batches: Optional[tuple] = None
 
     @property
     def version(self) -> str:
@@ -70,21 +71,47 @@ class StoreVersion:
         tables = [_read_shard(p, columns) for p in self.shard_paths()]
         return pa.concat_tables(tables) if tables else pa.table({})
 
+    def _batch_index(self) -> tuple:
+        """(global first row of every record batch, its (shard, batch) location), read once from footers."""
+        if self._batches is None:
+            starts, where = [], []
+            for shard, path in enumerate(self.shard_paths()):
+                with pa.memory_map(str(path)) as source:
+                    reader = pa.ipc.open_file(source)
+                    row = int(self._offsets[shard])
+                    for batch in range(reader.num_record_batches):
+                        starts.append(row)
+                        where.append((shard, batch))
+                        row += reader.get_batch(batch).num_rows
+            self._batches = (np.asarray(starts, dtype=np.int64), where)
+        return self._batches
+
     def take(self, indices: Sequence[int], columns: Optional[Sequence[str]] = None) -> pa.Table:
-        """The rows at `indices` (global row numbers), in that order, copied out of the mapped shards."""
+        """The rows at `indices` (global row numbers), in that order, copied out of the mapped shards.
+
+        Rows are taken from single record batches (taking from a multi-chunk table would first concatenate
+        whole columns), so only the pages of the requested rows are touched, and maps are closed afterwards.
+        """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_rows):
             raise IndexError(f"row index out of range [0, {self.num_rows}) in {self.path}")
-        shard_of = np.searchsorted(self._offsets, idx, side="right") - 1
-        order = np.argsort(shard_of, kind="stable")
-        pieces = []
-        for shard in np.unique(shard_of):
-            local = idx[shard_of == shard] - self._offsets[shard]
-            pieces.append(_read_shard(self.shard_paths()[shard], columns).take(pa.array(local)))
+        starts, where = self._batch_index()
+        batch_of = np.searchsorted(starts, idx, side="right") - 1
+        order = np.argsort(batch_of, kind="stable")
+        pieces, readers = [], {}
+        for batch in np.unique(batch_of):
+            shard, local_batch = where[batch]
+            if shard not in readers:
+                readers[shard] = pa.ipc.open_file(pa.memory_map(str(self.shard_paths()[shard])))
+            record_batch = readers[shard].get_batch(local_batch)
+            if columns is not None:
+                record_batch = record_batch.select(list(columns))
+            pieces.append(record_batch.take(pa.array(idx[batch_of == batch] - starts[batch])))
+        readers.clear()  # drop the maps: the taken rows are copies
         if not pieces:
-            return _read_shard(self.shard_paths()[0], columns).slice(0, 0)
-        grouped = pa.concat_tables(pieces)
-        # `grouped` holds the rows sorted by shard (stably); put them back in the order asked for.
+            return self.table(columns).slice(0, 0)
+        grouped = pa.Table.from_batches(pieces)
+        # `grouped` holds the rows sorted by record batch (stably); put them back in the order asked for.
         inverse = np.empty_like(order)
         inverse[order] = np.arange(order.size)
         return grouped.take(pa.array(inverse))
