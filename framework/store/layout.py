@@ -28,7 +28,7 @@ from framework.store.schema import SCHEMA_VERSION
 
 VERSION_PATTERN = re.compile(r"^v(\d{6})$")
 SHARD_DIR = "shards"
-ROWS_PER_RECORD_BATCH = 8192
+ROWS_PER_RECORD_BATCH = 65536
 
 
 def shard_name(index: int) -> str:

@@ -10,6 +10,7 @@ store's size.
 from __future__ import annotations
 
 import json
+import mmap
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -20,6 +21,10 @@ import pyarrow.compute as pc
 from framework.store.errors import StoreError
 from framework.store.layout import file_sha256, read_current
 from framework.store.schema import SCHEMA_VERSION
+
+# Unmap after roughly this many bytes of mapped pages have been touched (see `_record_batches`).
+DROP_PAGES_AFTER_BYTES = 16 << 20
+FAULT_WINDOW = 64 << 10
 
 
 def _read_shard(path: Path, columns: Optional[Sequence[str]] = None) -> pa.Table:
@@ -45,6 +50,8 @@ class StoreVersion:
         rows = [shard["rows"] for shard in self.manifest["shards"]]
         self._offsets = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)]).astype(np.int64)
         self._batches: Optional[tuple] = None
+        self._touched_bytes = 0
+        self._maps: List[mmap.mmap] = []
 
     @property
     def version(self) -> str:
@@ -71,50 +78,70 @@ class StoreVersion:
         tables = [_read_shard(p, columns) for p in self.shard_paths()]
         return pa.concat_tables(tables) if tables else pa.table({})
 
-    def _batch_index(self) -> tuple:
-        """(global first row of every record batch, its (shard, batch) location), read once from footers."""
+    def _record_batches(self) -> tuple:
+        """(global first row of every record batch, the batches): zero-copy views into memory-mapped shards.
+
+        Opening costs only the footers; pages are read when rows are taken. The shards are mapped with
+        Python's mmap so that `_drop_pages` can hand touched pages back (madvise) without unmapping.
+        """
         if self._batches is None:
-            starts, where = [], []
+            starts, batches, maps = [], [], []
             for shard, path in enumerate(self.shard_paths()):
-                with pa.memory_map(str(path)) as source:
-                    reader = pa.ipc.open_file(source)
-                    row = int(self._offsets[shard])
-                    for batch in range(reader.num_record_batches):
-                        starts.append(row)
-                        where.append((shard, batch))
-                        row += reader.get_batch(batch).num_rows
-            self._batches = (np.asarray(starts, dtype=np.int64), where)
+                with open(path, "rb") as fh:
+                    maps.append(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+                reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(maps[-1])))
+                row = int(self._offsets[shard])
+                for index in range(reader.num_record_batches):
+                    batches.append(reader.get_batch(index))
+                    starts.append(row)
+                    row += batches[-1].num_rows
+            self._batches, self._maps = (np.asarray(starts, dtype=np.int64), batches), maps
         return self._batches
+
+    def _drop_pages(self, touched: int) -> None:
+        """After about DROP_PAGES_AFTER_BYTES of touched pages, drop them from this process's resident set.
+
+        Pages of a shared read-only file mapping are clean page cache: MADV_DONTNEED only removes them from
+        our page tables (a later read faults them in again), so a long epoch does not pile them up in the
+        worker's RSS, which a container's memory limit would count.
+        """
+        self._touched_bytes += touched
+        if self._touched_bytes >= DROP_PAGES_AFTER_BYTES and hasattr(mmap, "MADV_DONTNEED"):
+            for region in self._maps:
+                region.madvise(mmap.MADV_DONTNEED)
+            self._touched_bytes = 0
+
+    def release(self) -> None:
+        """Forget the mapped views (the maps close once no taken table refers to them)."""
+        self._batches, self._maps = None, []
 
     def take(self, indices: Sequence[int], columns: Optional[Sequence[str]] = None) -> pa.Table:
         """The rows at `indices` (global row numbers), in that order, copied out of the mapped shards.
 
         Rows are taken from single record batches (taking from a multi-chunk table would first concatenate
-        whole columns), so only the pages of the requested rows are touched, and maps are closed afterwards.
+        whole columns), so only the pages of the requested rows are touched.
         """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_rows):
             raise IndexError(f"row index out of range [0, {self.num_rows}) in {self.path}")
-        starts, where = self._batch_index()
+        starts, batches = self._record_batches()
         batch_of = np.searchsorted(starts, idx, side="right") - 1
-        order = np.argsort(batch_of, kind="stable")
-        pieces, readers = [], {}
-        for batch in np.unique(batch_of):
-            shard, local_batch = where[batch]
-            if shard not in readers:
-                readers[shard] = pa.ipc.open_file(pa.memory_map(str(self.shard_paths()[shard])))
-            record_batch = readers[shard].get_batch(local_batch)
-            if columns is not None:
-                record_batch = record_batch.select(list(columns))
+        groups = np.unique(batch_of)
+        pieces = []
+        for batch in groups:
+            record_batch = batches[batch] if columns is None else batches[batch].select(list(columns))
             pieces.append(record_batch.take(pa.array(idx[batch_of == batch] - starts[batch])))
-        readers.clear()  # drop the maps: the taken rows are copies
         if not pieces:
             return self.table(columns).slice(0, 0)
-        grouped = pa.Table.from_batches(pieces)
-        # `grouped` holds the rows sorted by record batch (stably); put them back in the order asked for.
+        # Page faults map whole neighbourhoods (fault-around): count a window per buffer of every row.
+        self._drop_pages(sum(p.nbytes for p in pieces) + idx.size * pieces[0].num_columns * 4 * FAULT_WINDOW)
+        if len(groups) == 1:
+            return pa.Table.from_batches(pieces)
+        # The pieces hold the rows grouped by record batch (stably); put them back in the order asked for.
+        order = np.argsort(batch_of, kind="stable")
         inverse = np.empty_like(order)
         inverse[order] = np.arange(order.size)
-        return grouped.take(pa.array(inverse))
+        return pa.Table.from_batches(pieces).take(pa.array(inverse))
 
     def token_lengths(self) -> np.ndarray:
         """Per row: prompt tokens + tokens of the longest response (per-response prompts when present)."""
