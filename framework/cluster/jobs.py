@@ -233,8 +233,10 @@ def build_runtime_env(
             raise JobsError(f"--working-dir {working_dir} is not a directory")
         runtime_env["working_dir"] = str(working_dir)
         runtime_env["excludes"] = list(excludes)
-    if env_vars:
-        runtime_env["env_vars"] = dict(env_vars)
+    # The train driver calls ray.init(runtime_env={"env_vars": ...}) for its workers; Ray refuses to merge that
+    # with the job's env when a key appears in both (e.g. --env OMP_NUM_THREADS=1) unless told to combine them.
+    # With this flag the driver's value wins for such a key and everything else (working_dir too) is kept.
+    runtime_env["env_vars"] = {"RAY_OVERRIDE_JOB_RUNTIME_ENV": "1", **(env_vars or {})}
     return runtime_env
 
 
