@@ -23,8 +23,7 @@ from framework.store.layout import file_sha256, read_current
 from framework.store.schema import SCHEMA_VERSION
 
 # Unmap after roughly this many bytes of mapped pages have been touched (see `_record_batches`).
-DROP_PAGES_AFTER_BYTES = 16 << 20
-FAULT_WINDOW = 64 << 10
+DROP_PAGES_AFTER_BYTES = 32 << 20
 
 
 def _read_shard(path: Path, columns: Optional[Sequence[str]] = None) -> pa.Table:
@@ -50,7 +49,7 @@ class StoreVersion:
         rows = [shard["rows"] for shard in self.manifest["shards"]]
         self._offsets = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)]).astype(np.int64)
         self._batches: Optional[tuple] = None
-        self._touched_bytes = 0
+        self._shared_baseline: Optional[int] = None
         self._maps: List[mmap.mmap] = []
 
     @property
@@ -89,6 +88,8 @@ class StoreVersion:
             for shard, path in enumerate(self.shard_paths()):
                 with open(path, "rb") as fh:
                     maps.append(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+                if hasattr(mmap, "MADV_RANDOM"):  # batches jump around: no read-around on page faults
+                    maps[-1].madvise(mmap.MADV_RANDOM)
                 reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(maps[-1])))
                 row = int(self._offsets[shard])
                 for index in range(reader.num_record_batches):
@@ -96,20 +97,25 @@ class StoreVersion:
                     starts.append(row)
                     row += batches[-1].num_rows
             self._batches, self._maps = (np.asarray(starts, dtype=np.int64), batches), maps
+            self._shared_baseline = _shared_resident_bytes()
         return self._batches
 
-    def _drop_pages(self, touched: int) -> None:
-        """After about DROP_PAGES_AFTER_BYTES of touched pages, drop them from this process's resident set.
+    def _drop_pages(self) -> None:
+        """Once the mapped pages we touched exceed DROP_PAGES_AFTER_BYTES, drop them from our resident set.
 
         Pages of a shared read-only file mapping are clean page cache: MADV_DONTNEED only removes them from
         our page tables (a later read faults them in again), so a long epoch does not pile them up in the
-        worker's RSS, which a container's memory limit would count.
+        worker's RSS, which a container's memory limit would count. The growth is measured, not estimated:
+        a fault can map a whole large folio (megabytes on recent ext4), far more than the rows read.
         """
-        self._touched_bytes += touched
-        if self._touched_bytes >= DROP_PAGES_AFTER_BYTES and hasattr(mmap, "MADV_DONTNEED"):
+        shared = _shared_resident_bytes()
+        if shared is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        if shared - (self._shared_baseline or shared) > DROP_PAGES_AFTER_BYTES:
             for region in self._maps:
                 region.madvise(mmap.MADV_DONTNEED)
-            self._touched_bytes = 0
+            # Re-measure: libraries loaded meanwhile stay resident and must not count as our pages.
+            self._shared_baseline = _shared_resident_bytes() or shared
 
     def release(self) -> None:
         """Forget the mapped views (the maps close once no taken table refers to them)."""
@@ -133,8 +139,7 @@ class StoreVersion:
             pieces.append(record_batch.take(pa.array(idx[batch_of == batch] - starts[batch])))
         if not pieces:
             return self.table(columns).slice(0, 0)
-        # Page faults map whole neighbourhoods (fault-around): count a window per buffer of every row.
-        self._drop_pages(sum(p.nbytes for p in pieces) + idx.size * pieces[0].num_columns * 4 * FAULT_WINDOW)
+        self._drop_pages()
         if len(groups) == 1:
             return pa.Table.from_batches(pieces)
         # The pieces hold the rows grouped by record batch (stably); put them back in the order asked for.
@@ -158,6 +163,15 @@ class StoreVersion:
 
     def __repr__(self) -> str:
         return f"StoreVersion({str(self.path)!r}, rows={self.num_rows}, kind={self.kind!r})"
+
+
+def _shared_resident_bytes() -> Optional[int]:
+    """File-backed + shared resident bytes of this process (Linux /proc), or None elsewhere."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[2]) * mmap.PAGESIZE
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _list_lengths(column: pa.ChunkedArray) -> np.ndarray:

@@ -22,22 +22,22 @@ READER = textwrap.dedent("""
 
     version = open_store(sys.argv[1])
     sampler = EpochSampler(version.num_rows, rank=0, world_size=1, batch_size=32, seed=0)
-    batches = sampler.batches(0)
+    batches = sampler.plan(0)
     samples, tokens = [], 0
     for step, batch in enumerate(batches):
-        table = version.take(batch, columns=["prompt_ids", "response_ids"])
+        rows = [i for i, pad in zip(batch.indices, batch.is_padding) if not pad]
+        table = version.take(rows, columns=["prompt_ids", "response_ids"])
         tokens += pc.sum(pc.list_value_length(pc.list_flatten(table["response_ids"]))).as_py()
-        if step >= 10:  # after imports and the first batches settle
-            samples.append(rss_mb())
+        samples.append(rss_mb())  # every step; the first one, after one batch, is the baseline
     print(json.dumps({"samples": samples, "tokens": tokens, "batches": len(batches)}))
 """)
 
 
 def test_rss_stays_flat_while_reading_a_store_larger_than_the_budget(tmp_path: Path) -> None:
-    # 12k rows x (64 + 2 x 2048) int32 tokens ≈ 200 MB over 16 shards: ~3x the budget.
-    version = synthetic_store(str(tmp_path / "big"), num_rows=12_000, num_shards=16, response_tokens=2048)
+    # 18k rows x (64 + 2 x 2048) int32 tokens ≈ 290 MB over 16 shards: ~4.5x the budget.
+    version = synthetic_store(str(tmp_path / "big"), num_rows=18_000, num_shards=16, response_tokens=2048)
     store_mb = sum(s["bytes"] for s in version.manifest["shards"]) / 2**20
-    assert store_mb > 3 * BUDGET_MB
+    assert store_mb > 4 * BUDGET_MB
     result = subprocess.run([sys.executable, "-c", READER, str(version.path)], capture_output=True, text=True,
                             timeout=300, check=True, cwd=Path(__file__).resolve().parents[2])
     report = json.loads(result.stdout)
@@ -46,4 +46,4 @@ def test_rss_stays_flat_while_reading_a_store_larger_than_the_budget(tmp_path: P
     peak = max(s["VmRSS"] for s in report["samples"])
     assert peak - baseline["VmRSS"] < BUDGET_MB, report["samples"]
     # File-backed pages (the shards' mapped pages; shared libraries are in the baseline) do not pile up either.
-    assert max(s["RssFile"] for s in report["samples"]) - baseline["RssFile"] < BUDGET_MB / 2, report["samples"]
+    assert max(s["RssFile"] for s in report["samples"]) - baseline["RssFile"] < BUDGET_MB * 3 / 4, report["samples"]
