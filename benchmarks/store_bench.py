@@ -141,6 +141,7 @@ def main(argv: List[str] | None = None) -> int:
     from framework.store.tokenize import resolve_tokenizer_path
 
     tokenizer_dir = resolve_tokenizer_path(args.tokenizer)
+    import transformers  # noqa: F401  (imported once, outside both timings: both ingests need it)
     env_before = _environment()
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "pairs.jsonl"

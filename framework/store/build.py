@@ -117,6 +117,8 @@ def build_store(sources: List[str], out: str, *, tokenizer: Optional[str] = None
                "max_response_tokens": max_response_tokens, "truncate": truncate}
     num_proc = num_proc or max(1, min(os.cpu_count() or 1, 8))
     started, seen = time.perf_counter(), Counter()
+    # Loading the tokenizer here also imports transformers before the workers fork, so they inherit it.
+    tokenizer_info = tokenizer_fingerprint(tokenizer_path)
     tables, rejects = _run(sources, tokenizer_path, options, num_proc, progress, seen)
     seconds = time.perf_counter() - started
     for path in sources:
@@ -138,7 +140,7 @@ def build_store(sources: List[str], out: str, *, tokenizer: Optional[str] = None
                    "truncated": int(pc.sum(table["truncated"]).as_py() or 0),
                    "duplicate_row_ids": table.num_rows - len(pc.unique(table["row_id"]))},
         "token_lengths": _token_stats(table),
-        "tokenizer": tokenizer_fingerprint(tokenizer_path),
+        "tokenizer": tokenizer_info,
         "sources": [dict(source_fingerprint(p), rows=seen[p]) for p in sources],
         "build": dict(options, num_proc=num_proc, seconds=round(seconds, 3),
                       rows_per_second=round(rows_read / max(seconds, 1e-9), 1)),

@@ -82,7 +82,14 @@ class Encoder:
         return [(self.bos + row if add_bos else row) for row, (_, add_bos) in zip(ids, rendered)]
 
     def _batch(self, texts: Sequence[str]) -> List[List[int]]:
-        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+        if not texts:
+            return []
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None and hasattr(backend, "encode_batch_fast"):
+            # The Rust tokenizer directly: same ids as tokenizer(texts, add_special_tokens=False), without
+            # computing offsets or building Python-side encodings we would throw away.
+            return [e.ids for e in backend.encode_batch_fast(list(texts), add_special_tokens=False)]
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
     def _fit(self, ids: List[int], limit: Optional[int], keep_end: bool) -> Tuple[List[int], bool]:
         if limit is None or len(ids) <= limit:
