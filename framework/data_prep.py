@@ -14,7 +14,7 @@ from typing import Optional
 from framework.config import RunConfig
 
 log = logging.getLogger(__name__)
-FEEDBACK_TO_KIND = {"pairwise": "pairwise", "listwise": "ranked", "binary": "binary", "multi": "multi"}
+FEEDBACK_TO_KIND = {"pairwise": "pairwise", "listwise": "ranked", "binary": "binary", "multi": "multi", "sft": "pairwise"}
 
 
 @dataclasses.dataclass

@@ -36,10 +36,13 @@ def train(cfg: RunConfig) -> Dict[str, Any]:
 def export(cfg: RunConfig, prepared: Any, checkpoint: Any) -> Path:
     from framework.engine.seam import consolidated_state_dict
     from framework.model.export import export_hf
+    from framework.objectives import objective_class
 
     with checkpoint.as_directory() as directory:
         state = consolidated_state_dict(directory)
-    return export_hf(state, prepared.model_path, prepared.tokenizer_path, str(Path(cfg.output_dir) / "export"))
+    reward_model = "rewards" in objective_class(cfg.objective_name).requires
+    return export_hf(state, prepared.model_path, prepared.tokenizer_path, str(Path(cfg.output_dir) / "export"),
+                     reward_model=reward_model)
 
 
 def summarise(output: Path, result: Any, wall: float) -> Dict[str, Any]:

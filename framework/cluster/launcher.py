@@ -50,9 +50,21 @@ def ensure_ray(cfg: RunConfig) -> None:
     # Seen on these machines: Ray binds the machine's interface unless told otherwise; keep it on loopback.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # The dashboard backs Ray's state API, which Ray Train's placement-group cleaner polls; loopback only.
-    ray.init(num_cpus=embedded_cpus(cfg), include_dashboard=True, dashboard_host=LOOPBACK, _node_ip_address=LOOPBACK,
-             runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
+    # The dashboard backs Ray's state API, which Ray Train's placement-group cleaner polls. Name its URL for
+    # Ray's own actors: with another Ray instance on the machine, "auto" discovery is ambiguous and fails.
+    port = _free_port()
+    env["RAY_API_SERVER_ADDRESS"] = f"http://{LOOPBACK}:{port}"
+    ray.init(num_cpus=embedded_cpus(cfg), include_dashboard=True, dashboard_host=LOOPBACK, dashboard_port=port,
+             _node_ip_address=LOOPBACK, runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=True,
+             logging_level=logging.WARNING)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
 
 
 class Progress:
@@ -105,7 +117,11 @@ class Progress:
 
 
 def fit(cfg: RunConfig, prepared: Any) -> Any:
-    """Run the TorchTrainer to completion; returns Ray's Result (its checkpoint is the final one)."""
+    """Run the TorchTrainer to completion; returns Ray's Result (its checkpoint is the final one).
+
+    Every fit is a new Ray Train run (`<storage>/train-<time>`): Ray reloads a run's own checkpoint list when a
+    run name is reused, which would make a fresh start silently continue an old run. Resuming is explicit:
+    `resume=auto|PATH` picks a committed checkpoint and the workers restore it (see `checkpoints.py`)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -115,9 +131,12 @@ def fit(cfg: RunConfig, prepared: Any) -> Any:
     use_gpu = _use_gpu(cfg)
     backend = cfg.cluster.backend if cfg.cluster.backend != "auto" else ("nccl" if use_gpu else "gloo")
     output = Path(cfg.output_dir).resolve()
-    storage = cfg.cluster.storage_path or str(output / "ray")
+    storage = storage_path(cfg)
     payload = {"config": dataclasses.replace(cfg, output_dir=str(output)).to_dict(),
-               "paths": dataclasses.asdict(prepared), "use_gpu": use_gpu, "backend": backend}
+               "paths": dataclasses.asdict(prepared), "use_gpu": use_gpu, "backend": backend,
+               "resume_from": resume_checkpoint(cfg),
+               # Fault-injection hooks for tests (documented in docs/fault-tolerance.md) reach the workers here.
+               "env": {k: v for k, v in os.environ.items() if k.startswith("ALIGNRAY_TEST_")}}
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=payload,
@@ -127,36 +146,45 @@ def fit(cfg: RunConfig, prepared: Any) -> Any:
             resources_per_worker={"CPU": cfg.cluster.cpus_per_worker},
         ),
         run_config=ray.train.RunConfig(
-            name="train", storage_path=storage,
+            name=f"train-{time.strftime('%Y%m%d-%H%M%S')}-{int(time.time() * 1000) % 1000:03d}",
+            storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.cluster.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
-        resume_from_checkpoint=_resume_checkpoint(cfg, storage),
     )
     metrics_file = output / METRICS_FILE
     with Progress(metrics_file, cfg.train.max_steps):
         return trainer.fit()
 
 
-def _resume_checkpoint(cfg: RunConfig, storage: str) -> Any:
+def storage_path(cfg: RunConfig) -> str:
+    """Where Ray Train keeps this run's checkpoints: `cluster.storage_path` or `<output_dir>/ray`."""
+    return cfg.cluster.storage_path or str(Path(cfg.output_dir).resolve() / "ray")
+
+
+def resume_checkpoint(cfg: RunConfig) -> Optional[str]:
+    """The committed checkpoint `resume=auto|PATH` names, or None for a fresh start."""
+    from framework.cluster.checkpoints import latest_checkpoint, require_committed
+
     if not cfg.resume:
         return None
-    import ray.train
-
-    path = latest_checkpoint(storage) if cfg.resume == "auto" else cfg.resume
-    if path is None:
-        log.warning("resume=auto: no checkpoint under %s; starting fresh", storage)
-        return None
+    if cfg.resume == "auto":
+        path = latest_checkpoint(storage_path(cfg))
+        if path is None:
+            log.warning("resume=auto: no committed checkpoint under %s; starting fresh", storage_path(cfg))
+            return None
+    else:
+        path = require_committed(cfg.resume if "://" in cfg.resume else str(Path(cfg.resume).resolve()))
     log.warning("resuming from %s", path)
-    return ray.train.Checkpoint.from_directory(path)
+    return path
 
 
 def latest_checkpoint(storage: str) -> Optional[str]:
-    """Newest complete checkpoint dir under the run's storage (Ray publishes a checkpoint only once uploaded)."""
-    candidates = sorted(Path(storage).glob("train/checkpoint-*"))
-    complete = [c for c in candidates if (c / "alignray_state.json").exists() and (c / "latest").exists()]
-    return str(complete[-1]) if complete else None
+    """Newest committed checkpoint under a run's storage (see `framework.cluster.checkpoints`)."""
+    from framework.cluster.checkpoints import latest_checkpoint as latest
+
+    return latest(storage)
 
 
 def shutdown() -> None:

@@ -2,73 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
+# RayReporter lives in reporter.py; METRICS_FILE is re-exported for the launcher.
+from framework.cluster.reporter import METRICS_FILE, RayReporter  # noqa: F401
+
 log = logging.getLogger(__name__)
-METRICS_FILE = "metrics.jsonl"
-
-
-class RayReporter:
-    """Metrics: rank 0 appends JSON lines (the driver's progress bar tails them) and TensorBoard events.
-    Checkpoints: each rank writes its ZeRO partition to a local scratch dir; Ray Train merges and persists them."""
-
-    def __init__(self, output_dir: str, rank: int, log_every: int) -> None:
-        import ray.train
-
-        self.output_dir, self.rank, self.log_every = Path(output_dir), rank, max(1, log_every)
-        self._scratch: List[str] = []
-        self._writer = None
-        if rank == 0:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(str(self.output_dir / "tensorboard"))
-        checkpoint = ray.train.get_checkpoint()
-        self._restored = None
-        if checkpoint is not None:
-            self._restored = checkpoint.to_directory(tempfile.mkdtemp(prefix=f"alignray-restore-r{rank}-"))
-            self._scratch.append(self._restored)
-
-    def restored_checkpoint(self) -> Optional[str]:
-        return self._restored
-
-    def scratch_dir(self, step: int) -> str:
-        path = tempfile.mkdtemp(prefix=f"alignray-ckpt-{step:06d}-r{self.rank}-")
-        self._scratch.append(path)
-        return path
-
-    def report(self, metrics: Dict[str, float], checkpoint_dir: Optional[str]) -> None:
-        import ray.train
-
-        step = int(metrics.get("step", 0))
-        if self.rank == 0:
-            with open(self.output_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            for name, value in metrics.items():
-                if isinstance(value, (int, float)) and name != "step":
-                    self._writer.add_scalar(name, value, step)
-        # ray.train.report is a barrier across workers: call it at the same steps on every rank.
-        if checkpoint_dir is not None or step % self.log_every == 0:
-            checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{step:06d}" if checkpoint else None)
-        if checkpoint_dir is not None:  # persisted (SYNC upload); the local copy is no longer needed
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        for path in self._scratch:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def _seed_everything(seed: int) -> None:
@@ -86,11 +32,12 @@ def train_worker(payload: Dict[str, Any]) -> None:
     from framework.engine.loop import TrainLoop
     from framework.engine.seam import DeepSpeedSeam, pick_device
     from framework.engine.step import StepRunner
-    from framework.model.loading import load_causal_lm, load_tokenizer
+    from framework.model.loading import load_causal_lm, load_reward_model, load_tokenizer
     from framework.objectives import build_objective
     from framework.store import EpochSampler, open_store
 
     cfg, paths = from_dict(payload["config"]), payload["paths"]
+    os.environ.update(payload.get("env", {}))  # ALIGNRAY_TEST_* fault-injection hooks, see launcher.fit
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # per-report INFO lines drown the progress bar
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -107,7 +54,10 @@ def train_worker(payload: Dict[str, Any]) -> None:
     tokenizer = load_tokenizer(paths["tokenizer_path"])
 
     with seam.model_loading():
-        policy = load_causal_lm(paths["model_path"], cfg.model.dtype, cfg.model.trust_remote_code)
+        if "rewards" in objective.requires:
+            policy = load_reward_model(paths["model_path"], cfg.model.dtype, tokenizer.pad_token_id, cfg.model.trust_remote_code)
+        else:
+            policy = load_causal_lm(paths["model_path"], cfg.model.dtype, cfg.model.trust_remote_code)
         live_reference = objective.needs_reference and not stored_reference
         reference = load_causal_lm(paths["reference_path"], cfg.model.dtype) if live_reference else None
     engine = seam.wrap_policy(policy, cfg.train.max_steps)
@@ -119,11 +69,11 @@ def train_worker(payload: Dict[str, Any]) -> None:
         lengths=store.token_lengths() if cfg.train.length_grouping else None,
     )
     builder = BatchBuilder(tokenizer.pad_token_id, cfg.data.max_length, cfg.data.max_prompt_length,
-                           objective.feedback, stored_reference)
+                           objective.feedback, stored_reference, objective.requires)
     eval_batches = _eval_batches(paths.get("eval_store"), rank, world, cfg, tokenizer.pad_token_id)
     runner = StepRunner(seam, engine, reference, objective, tokenizer.pad_token_id, cfg.data.max_length,
                         cfg.data.max_prompt_length)
-    reporter = RayReporter(cfg.output_dir, rank, cfg.train.log_every)
+    reporter = RayReporter(cfg.output_dir, rank, world, cfg.train.log_every, seam.barrier, payload.get("resume_from"))
     try:
         TrainLoop(runner, builder, store, sampler, cfg.train, reporter, eval_batches).run()
         _write_probe(cfg.output_dir, rank, runner, eval_batches)
@@ -165,7 +115,8 @@ def _write_probe(output_dir: str, rank: int, runner: Any, eval_batches: List[Any
 
     batch = eval_batches[0]
     with torch.no_grad():
-        logps = stats(runner.policy, batch.tokens.to(runner.seam.device)).logps.cpu()
+        out = stats(runner.policy, batch.tokens.to(runner.seam.device), reward=runner.reward_model)
+    logps = (out.rewards if runner.reward_model else out.logps).cpu()
     probe_dir = Path(output_dir) / "probe"
     probe_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"row_ids": batch.row_ids, "logps": logps, "weights": batch.weights}, probe_dir / f"rank{rank}.pt")

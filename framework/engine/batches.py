@@ -1,6 +1,6 @@
 """Store rows → model inputs and objective annotations for one micro-batch.
 
-Knows the store's column names and the objective's needs; knows nothing about DeepSpeed or Ray.
+Knows the store's column names and each feedback kind's layout; knows nothing about DeepSpeed or Ray.
 """
 
 from __future__ import annotations
@@ -17,42 +17,78 @@ from framework.model.batching import TokenBatch, collate
 class MicroBatch:
     tokens: TokenBatch
     annotations: Dict[str, Any]  # scores, mask, labels, ... as the objective contract names them
-    weights: torch.Tensor  # [B] 1 for real examples, 0 for padding rows that equalise ranks
+    weights: torch.Tensor  # [B] 1 for examples that count, 0 for padding rows that equalise ranks
     stored_reference: Optional[Dict[str, torch.Tensor]] = None  # logps/lengths [B, K] from the store
     row_ids: List[str] = dataclasses.field(default_factory=list)
 
 
-class BatchBuilder:
-    """Turns a pyarrow table of store rows into a `MicroBatch`."""
+def _padded(rows: Sequence[Optional[Sequence[Any]]], k: int, fill: Any, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor([(list(r or []) + [fill] * k)[:k] for r in rows], dtype=dtype)
 
-    def __init__(self, pad_id: int, max_length: int, max_prompt_length: int, feedback: str, use_stored_reference: bool):
+
+class BatchBuilder:
+    """Turns a pyarrow table of store rows into a `MicroBatch` laid out for one objective family.
+
+    - pairwise / listwise: all K responses; listwise gets `scores` (list order when the store has none).
+    - binary: the one completion and `labels`; with `self_samples` (D2O) the completion is followed by the
+      stored self-samples.
+    - sft: one response per row — chosen (pairwise), best-scored (ranked) or the completion of a desirable
+      row (binary: undesirable rows get weight 0, so they are counted out, not silently dropped).
+    """
+
+    def __init__(self, pad_id: int, max_length: int, max_prompt_length: int, feedback: str,
+                 use_stored_reference: bool, requires: Sequence[str] = ()) -> None:
         self.pad_id, self.max_length, self.max_prompt_length = pad_id, max_length, max_prompt_length
-        self.feedback = feedback
+        self.feedback, self.requires = feedback, tuple(requires)
         self.use_stored_reference = use_stored_reference
 
     def build(self, table: Any, padding: Sequence[bool]) -> MicroBatch:
         cols = table.to_pydict()
-        responses = cols["response_ids"]
+        weights = torch.tensor([0.0 if pad else 1.0 for pad in padding])
+        responses, keep = self._responses(cols, weights)
         response_prompts = cols.get("response_prompt_ids")
-        if response_prompts is not None and all(p is None for p in response_prompts):
+        if response_prompts is None or all(p is None for p in response_prompts) or self.feedback == "sft":
             response_prompts = None
-        tokens = collate(
-            cols["prompt_ids"], responses, pad_id=self.pad_id, max_length=self.max_length,
-            max_prompt_length=self.max_prompt_length, response_prompts=response_prompts,
-        )
-        annotations: Dict[str, Any] = {"mask": tokens.valid}
+        tokens = collate(cols["prompt_ids"], responses, pad_id=self.pad_id, max_length=self.max_length,
+                         max_prompt_length=self.max_prompt_length, response_prompts=response_prompts)
         k = tokens.num_responses
-        if cols.get("scores") is not None and any(s is not None for s in cols["scores"]):
+        annotations: Dict[str, Any] = {"mask": tokens.valid}
+        if self.feedback == "listwise":
+            scores = cols.get("scores") or [None] * len(responses)
             annotations["scores"] = torch.tensor(
-                [(list(s or []) + [0.0] * k)[:k] for s in cols["scores"]], dtype=torch.float64
-            )
+                [(list(s) if s is not None else [float(len(r) - i) for i in range(len(r))]) + [0.0] * (k - len(r))
+                 for s, r in zip(scores, responses)], dtype=torch.float64)
         if cols.get("label") is not None and any(v is not None for v in cols["label"]):
             annotations["labels"] = torch.tensor([bool(v) for v in cols["label"]])
+        if "aligned_logps" in self.requires:
+            annotations["aligned_logps"] = torch.tensor([row[keep[i]] for i, row in enumerate(cols["aligned_logps"])],
+                                                        dtype=torch.float64)
+        if cols.get("udm_weights") is not None:
+            annotations["udm_weights"] = torch.tensor(cols["udm_weights"], dtype=torch.float64)
         stored = None
         if self.use_stored_reference:
-            stored = {
-                "logps": torch.tensor([(list(v) + [0.0] * k)[:k] for v in cols["ref_logps"]], dtype=torch.float32),
-                "lengths": torch.tensor([(list(v) + [0] * k)[:k] for v in cols["ref_lengths"]], dtype=torch.float32),
-            }
-        weights = torch.tensor([0.0 if pad else 1.0 for pad in padding])
+            ref_logps, ref_lengths = cols["ref_logps"], cols["ref_lengths"]
+            if self.feedback == "sft":
+                ref_logps = [[row[keep[i]]] for i, row in enumerate(ref_logps)]
+                ref_lengths = [[row[keep[i]]] for i, row in enumerate(ref_lengths)]
+            stored = {"logps": _padded(ref_logps, k, 0.0, torch.float32),
+                      "lengths": _padded(ref_lengths, k, 0, torch.float32)}
         return MicroBatch(tokens, annotations, weights, stored, list(cols.get("row_id") or []))
+
+    def _responses(self, cols: Dict[str, List[Any]], weights: torch.Tensor) -> tuple:
+        """Per row the responses to forward, and for sft the index of the one kept."""
+        responses = cols["response_ids"]
+        if self.feedback == "binary" and "self_samples" in self.requires:
+            samples = cols.get("self_sample_ids")
+            if samples is None:
+                raise ValueError("this objective needs self-samples in the store: run `alignray store add-samples`")
+            return [list(r[:1]) + list(s or []) for r, s in zip(responses, samples)], None
+        if self.feedback != "sft":
+            return responses, None
+        keep = []
+        for i, row in enumerate(responses):
+            scores, label = (cols.get("scores") or [None] * len(responses))[i], (cols.get("label") or [None] * len(responses))[i]
+            keep.append(max(range(len(row)), key=lambda j: scores[j]) if scores else 0)
+            if label is False:
+                weights[i] = 0.0
+        return [[row[j]] for row, j in zip(responses, keep)], keep

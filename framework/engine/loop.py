@@ -1,34 +1,40 @@
 """The train loop: epochs of sampler batches → `StepRunner.train_step` → metrics, checkpoints, ledger.
 
 Knows no Ray: checkpoints and metrics leave through a `Reporter` that `framework.cluster` implements.
+
+A checkpoint holds, besides DeepSpeed's state (weights, optimizer, LR scheduler), everything that makes a resumed
+run continue exactly: the step, the sampler position (epoch, micro-batches consumed), the objective's state, the
+skip counters, each rank's RNG states (`rank-state-rankNNN.pt`) and each rank's sample ledger
+(`ledger-rankNNN.jsonl`: per step the epoch and the store rows that rank trained on, padding excluded).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Protocol, Tuple
 
 import numpy as np
 import torch
 
 from framework.config import TrainConfig
 from framework.engine.batches import BatchBuilder, MicroBatch
-from framework.engine.step import StepRunner, evaluate_pairs
+from framework.engine.step import StepRunner
 
 log = logging.getLogger(__name__)
 STATE_FILE = "alignray_state.json"
 LEDGER_FILE = "ledger-rank{rank:03d}.jsonl"
+RANK_STATE_FILE = "rank-state-rank{rank:03d}.pt"
 
 
 class Reporter(Protocol):
     def report(self, metrics: Dict[str, float], checkpoint_dir: Optional[str]) -> None: ...
     def scratch_dir(self, step: int) -> str: ...
     def restored_checkpoint(self) -> Optional[str]: ...
+    def event(self, record: Dict[str, Any]) -> None: ...
 
 
 class NonFiniteLossError(RuntimeError):
@@ -56,13 +62,13 @@ class TrainLoop:
             epoch, start = int(state["epoch"]), int(state["batches_consumed"])
             plan = self.sampler.plan(epoch)
             accum = self.train.grad_accum
-            usable = len(plan) - len(plan) % accum
-            if usable == 0:
-                raise ValueError(f"an epoch has only {len(plan)} micro-batches per rank, fewer than grad_accum={accum}")
-            for first in range(start, usable, accum):
+            for first in range(start, len(plan), accum):
                 group = plan[first : first + accum]
+                # The epoch's last group may be short: fill it with all-padding micro-batches (zero weight) so
+                # DeepSpeed's accumulation count holds and no row of the epoch is dropped.
+                group += [group[-1]._replace(is_padding=[True] * len(group[-1].indices))] * (accum - len(group))
                 built = [self._build(indices) for indices in group]
-                self.sampler.load_state_dict({**state, "epoch": epoch, "batches_consumed": first + accum})
+                self.sampler.load_state_dict({**state, "epoch": epoch, "batches_consumed": min(first + accum, len(plan))})
                 yield built, {"epoch": epoch, "rows": [self._real(b) for b in group]}
             self.sampler.load_state_dict({**state, "epoch": epoch + 1, "batches_consumed": 0})
 
@@ -87,12 +93,12 @@ class TrainLoop:
             metrics = self.runner.train_step(group)
             self._check_finite(metrics)
             self.step += 1
-            self.ledger.append({"step": self.step, "epoch": info["epoch"], "rows": info["rows"],
+            self.ledger.append({"step": self.step, "epoch": info["epoch"], "rows": sum(info["rows"], []),
                                 "applied": not metrics.get("nonfinite")})
             elapsed = time.perf_counter() - started
             metrics.update({"step": self.step, "epoch": info["epoch"], "lr": self.seam.lr(),
                             "step_time": elapsed, "tokens_per_s": metrics.get("tokens", 0.0) / max(elapsed, 1e-9),
-                            "skipped_steps": self.skipped_steps})
+                            "skipped_steps": self.skipped_steps, "wall_clock": time.time()})
             checkpoint = None
             last = self.step == self.train.max_steps
             if last or (self.train.checkpoint_every and self.step % self.train.checkpoint_every == 0):
@@ -105,7 +111,7 @@ class TrainLoop:
         return summary
 
     def _evaluate(self) -> Dict[str, float]:
-        return evaluate_pairs(self.seam, self.runner.policy, self.runner.reference, self.eval_batches)
+        return self.runner.evaluate(self.eval_batches)
 
     def _check_finite(self, metrics: Dict[str, float]) -> None:
         if not metrics.get("nonfinite"):
@@ -122,9 +128,10 @@ class TrainLoop:
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def _state(self) -> Dict[str, Any]:
+        """Shared by all ranks (the same on each); saved with DeepSpeed's client state and as JSON by rank 0."""
         return {
             "step": self.step, "sampler": self.sampler.state_dict(), "skipped_steps": self.skipped_steps,
-            "objective": self.runner.objective.state_dict(), "rng": _rng_state(),
+            "nonfinite_in_row": self.nonfinite_in_row, "objective": self.runner.objective.state_dict(),
         }
 
     def _save(self) -> str:
@@ -132,32 +139,41 @@ class TrainLoop:
         bad = self.seam.all_reduce_sum(torch.tensor([0.0 if _weights_finite(self.runner.policy) else 1.0]))
         if float(bad[0]) > 0:
             raise NonFiniteLossError(f"policy weights are not finite at step {self.step}; refusing to checkpoint")
-        directory = self.reporter.scratch_dir(self.step)
-        self.seam.save(directory, tag="model", client_state={"alignray": self._state()})
+        directory = Path(self.reporter.scratch_dir(self.step))
+        self.seam.save(str(directory), tag="model", client_state={"alignray": self._state()})
         rank = self.seam.rank
-        with open(Path(directory) / LEDGER_FILE.format(rank=rank), "w") as f:
+        # Per rank: DeepSpeed keeps client_state from rank 0 only, but RNG streams and ledgers differ by rank.
+        torch.save({"rng": _rng_state()}, directory / RANK_STATE_FILE.format(rank=rank))
+        with open(directory / LEDGER_FILE.format(rank=rank), "w") as f:
             for entry in self.ledger:
                 f.write(json.dumps(entry) + "\n")
         if rank == 0:
-            (Path(directory) / STATE_FILE).write_text(json.dumps(self._state(), default=str))
+            (directory / STATE_FILE).write_text(json.dumps({**self._state(), "world_size": self.seam.world_size}))
         self.seam.barrier()
-        return directory
+        return str(directory)
 
     def _maybe_restore(self) -> None:
         directory = self.reporter.restored_checkpoint()
         if directory is None:
             return
-        client_state = self.seam.load(directory).get("alignray", {})
-        self.step = int(client_state.get("step", 0))
-        self.skipped_steps = int(client_state.get("skipped_steps", 0))
-        self.sampler.load_state_dict(client_state["sampler"])
-        self.runner.objective.load_state_dict(client_state.get("objective", {}))
-        if "rng" in client_state:
-            _set_rng_state(client_state["rng"])
-        ledger = Path(directory) / LEDGER_FILE.format(rank=self.seam.rank)
-        if ledger.exists():
-            self.ledger = [json.loads(line) for line in ledger.read_text().splitlines() if line]
-        log.info("resumed from %s at step %d", directory, self.step)
+        started = time.perf_counter()
+        state = self.seam.load(directory).get("alignray", {})
+        self.step = int(state.get("step", 0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.nonfinite_in_row = int(state.get("nonfinite_in_row", 0))
+        self.sampler.load_state_dict(state["sampler"])
+        self.runner.objective.load_state_dict(state.get("objective", {}))
+        rank = self.seam.rank
+        rank_state = Path(directory) / RANK_STATE_FILE.format(rank=rank)
+        if not rank_state.exists():
+            raise FileNotFoundError(f"{rank_state} is missing: the checkpoint was written by a different world size")
+        _set_rng_state(torch.load(rank_state, weights_only=False)["rng"])
+        ledger = Path(directory) / LEDGER_FILE.format(rank=rank)
+        self.ledger = [json.loads(line) for line in ledger.read_text().splitlines() if line]
+        seconds = time.perf_counter() - started
+        self.reporter.event({"event": "restored", "step": self.step, "restore_seconds": round(seconds, 3),
+                             "from": getattr(self.reporter, "restored_from", directory)})
+        log.warning("resumed from %s at step %d (%.1f s)", directory, self.step, seconds)
 
 
 def _weights_finite(model: Any) -> bool:
@@ -171,13 +187,10 @@ def _weights_finite(model: Any) -> bool:
 
 
 def _rng_state() -> Dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state().tolist()}
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
 
 def _set_rng_state(state: Dict[str, Any]) -> None:
-    def tuples(value: Any) -> Any:
-        return tuple(tuples(v) for v in value) if isinstance(value, list) else value
-
-    random.setstate(tuples(state["python"]))
-    np.random.set_state(tuples(state["numpy"]))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])

@@ -9,13 +9,15 @@ import torch
 
 from framework.engine.batches import MicroBatch
 from framework.model.batching import TokenBatch, collate
-from framework.model.logprobs import sequence_logps
+from framework.model.logprobs import sequence_logps, sequence_rewards
 from framework.objectives import Objective, SequenceStats
 
 
-def stats(model: Any, tokens: TokenBatch, with_prompt: bool = False) -> SequenceStats:
-    out = sequence_logps(model, tokens, with_prompt=with_prompt)
-    return SequenceStats(**out)
+def stats(model: Any, tokens: TokenBatch, with_prompt: bool = False, reward: bool = False) -> SequenceStats:
+    """Policy/reference statistics; for a reward model (scalar head) the per-sequence `rewards` instead."""
+    if reward:
+        return SequenceStats(**sequence_rewards(model, tokens))
+    return SequenceStats(**sequence_logps(model, tokens, with_prompt=with_prompt))
 
 
 def mismatched_tokens(batch: MicroBatch, pad_id: int, max_length: int, max_prompt_length: int) -> TokenBatch:
@@ -41,11 +43,12 @@ class StepRunner:
         self.seam, self.policy, self.reference, self.objective = seam, policy, reference, objective
         self.pad_id, self.max_length, self.max_prompt_length = pad_id, max_length, max_prompt_length
         self.with_prompt = "prompt_logps" in objective.requires
+        self.reward_model = "rewards" in objective.requires
 
     def objective_output(self, batch: MicroBatch) -> Any:
         device = self.seam.device
         tokens = batch.tokens.to(device)
-        policy_stats = stats(self.policy, tokens, self.with_prompt)
+        policy_stats = stats(self.policy, tokens, self.with_prompt, self.reward_model)
         reference_stats = self.reference_stats(batch, tokens)
         annotations = dict(batch.annotations)
         if "mismatched" in self.objective.requires:
@@ -72,7 +75,7 @@ class StepRunner:
         local_count = sum(float(mb.weights.sum()) for mb in micro_batches)
         global_count = float(self.seam.all_reduce_sum(torch.tensor([local_count], dtype=torch.float64))[0])
         scale = self.seam.world_size * len(micro_batches) / max(global_count, 1.0)
-        sums: Dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
+        sums: Dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(2, dtype=torch.float64))  # (sum, count)
         nonfinite = 0
         for index, mb in enumerate(micro_batches):
             out, policy_stats = self.objective_output(mb)
@@ -87,44 +90,53 @@ class StepRunner:
                 # Later micro-batch under accumulation: contribute a zero gradient, keep DeepSpeed's count aligned.
                 loss = (policy_stats.logps.nan_to_num(0.0, 0.0, 0.0) * 0.0).sum()
             else:
-                self._accumulate(sums, out, weights, policy_stats, mb)
+                accumulate_metrics(sums, out, weights.detach().double().cpu())
+                sums["tokens"] += torch.tensor([float(mb.tokens.num_tokens), 1.0], dtype=torch.float64)
             self.seam.backward(loss)
             self.seam.step()
-        totals = self._reduce(sums, global_count)
+        totals = self._reduce(sums)
         totals["nonfinite"] = float(nonfinite > 0)
         return totals
 
-    @staticmethod
-    def _accumulate(sums: Dict[str, torch.Tensor], out: Any, weights: torch.Tensor, policy_stats: SequenceStats,
-                    mb: MicroBatch) -> None:
-        sums["loss"] += (out.losses.detach() * weights).sum().double().cpu()
-        for name, value in out.metrics.items():
-            value = value.detach().double().cpu()
-            if value.dim() == 0:  # batch-level scalar (e.g. KTO's z0): weight by the micro-batch size
-                sums[name] += value * weights.sum().double().cpu()
-            else:
-                sums[name] += (value.reshape(len(weights), -1).mean(-1) * weights.double().cpu()).sum()
-        sums["tokens"] += float(mb.tokens.num_tokens)
+    def evaluate(self, batches: List[MicroBatch]) -> Dict[str, float]:
+        """Held-out pairwise accuracy of the current policy (see `evaluate_pairs`)."""
+        return evaluate_pairs(self.seam, self.policy, self.reference, batches, reward=self.reward_model)
 
-    def _reduce(self, sums: Dict[str, torch.Tensor], global_count: float) -> Dict[str, float]:
+    def _reduce(self, sums: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        """Global means: per-example metrics over real examples of all ranks; tokens as a global total."""
         names = sorted(sums)
         if not names:
             return {}
         packed = self.seam.all_reduce_sum(torch.stack([sums[n] for n in names]))
-        out = {n: float(v) / max(global_count, 1.0) for n, v in zip(names, packed)}
-        out["tokens"] = float(packed[names.index("tokens")])
+        out = {n: float(v[0] / v[1]) if v[1] > 0 else float("nan") for n, v in zip(names, packed)}
+        out["tokens"] = float(packed[names.index("tokens")][0])
         return out
 
 
+def accumulate_metrics(sums: Dict[str, torch.Tensor], out: Any, weights: torch.Tensor) -> None:
+    """Add (weighted sum, weight) per metric. NaN entries mean "not applicable to this example" (e.g. a KTO
+    class metric on the other class) and are left out of both; batch-level scalars count per example."""
+    pairs = {"loss": out.losses.detach()} | dict(out.metrics)
+    for name, value in pairs.items():
+        value = value.detach().double().cpu()
+        value = value.expand(len(weights)) if value.dim() == 0 else value.reshape(len(weights), -1).mean(-1)
+        present = ~torch.isnan(value)
+        w = weights * present
+        sums[name] += torch.stack([(value.nan_to_num(0.0) * w).sum(), w.sum()])
+
+
 @torch.no_grad()
-def evaluate_pairs(seam: Any, policy: Any, reference: Optional[Any], batches: List[MicroBatch]) -> Dict[str, float]:
-    """Held-out pairwise accuracy: policy margin ℓ_θ(y_w) > ℓ_θ(y_l), and (with a reference) the implicit
-    reward margin ρ(y_w) > ρ(y_l). Every rank runs its share (ZeRO-3 forwards are collective)."""
+def evaluate_pairs(seam: Any, policy: Any, reference: Optional[Any], batches: List[MicroBatch],
+                   reward: bool = False) -> Dict[str, float]:
+    """Held-out pairwise accuracy: policy margin ℓ_θ(y_w) > ℓ_θ(y_l) (for a reward model r(y_w) > r(y_l)), and
+    (with a reference) the implicit reward margin ρ(y_w) > ρ(y_l). Every rank runs its share (ZeRO-3 forwards
+    are collective)."""
     totals = torch.zeros(4, dtype=torch.float64)  # count, policy correct, reward correct, mean margin sum
     for mb in batches:
         tokens = mb.tokens.to(seam.device)
-        policy_stats = stats(policy, tokens)
-        margin = (policy_stats.logps[:, 0] - policy_stats.logps[:, 1]).double().cpu()
+        policy_stats = stats(policy, tokens, reward=reward)
+        score = policy_stats.rewards if reward else policy_stats.logps
+        margin = (score[:, 0] - score[:, 1]).double().cpu()
         w = mb.weights.double()
         totals[0] += w.sum()
         totals[1] += ((margin > 0).double() * w).sum()

@@ -59,3 +59,17 @@ def model_fingerprint(path: str) -> Optional[str]:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     digest.update(chunk)
     return digest.hexdigest()
+
+
+def load_reward_model(path: str, dtype: str = "fp32", pad_token_id: Optional[int] = None,
+                      trust_remote_code: bool = False) -> torch.nn.Module:
+    """A causal LM checkpoint with a fresh scalar head (num_labels=1), or a saved reward model."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id
+    disable_dropout(model)
+    model.config.use_cache = False
+    return model

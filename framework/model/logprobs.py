@@ -36,3 +36,13 @@ def sequence_logps(model: torch.nn.Module, batch: TokenBatch, with_prompt: bool 
     if with_prompt:
         out["prompt_logps"], out["prompt_lengths"] = reduce(batch.prompt_mask)
     return out
+
+
+def sequence_rewards(model: torch.nn.Module, batch: TokenBatch) -> Dict[str, torch.Tensor]:
+    """Scalar-head scores at each sequence's last real token (HF sequence-classification models pick it from
+    the pad token id, so padding must be on the right, as `collate` does). Returns [B, K] `rewards`."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    shape = (batch.num_examples, batch.num_responses)
+    lengths = batch.response_mask.sum(-1).to(torch.float32).view(shape)
+    return {"logps": torch.zeros(shape, device=logits.device), "lengths": lengths,
+            "rewards": logits[:, 0].float().view(shape)}
