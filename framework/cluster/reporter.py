@@ -1,0 +1,86 @@
+"""`RayReporter`: the train loop's window to Ray Train (metrics, checkpoint publishing, the checkpoint to restore)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class RayReporter:
+    """Metrics: rank 0 appends JSON lines to `metrics.jsonl` (the driver's progress bar tails them; never
+    truncated on a restart, so after a failure the replayed steps appear again and the later line wins) and
+    TensorBoard events. Checkpoints: each rank writes its ZeRO partition to a local scratch dir;
+    `checkpoints.make_publisher` uploads and publishes them atomically through `ray.train.report`.
+
+    Restore: the checkpoint Ray hands back after a worker-group restart (`ray.train.get_checkpoint()`, the
+    newest of this run) wins over `resume_from` (the `resume=` of a new run)."""
+
+    def __init__(self, output_dir: str, rank: int, world_size: int, log_every: int, barrier: Callable[[], None],
+                 resume_from: Optional[str] = None) -> None:
+        import ray.train
+
+        self.output_dir, self.rank, self.world_size = Path(output_dir), rank, world_size
+        self.log_every, self.barrier = max(1, log_every), barrier
+        self._scratch: List[str] = []
+        self._writer = None
+        if rank == 0:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None and resume_from:
+            checkpoint = ray.train.Checkpoint(resume_from)
+        self._restored: Optional[str] = None
+        self.restored_from = checkpoint.path if checkpoint is not None else None
+        if checkpoint is not None:
+            self._restored = checkpoint.to_directory(tempfile.mkdtemp(prefix=f"alignray-restore-r{rank}-"))
+            self._scratch.append(self._restored)
+
+    def restored_checkpoint(self) -> Optional[str]:
+        return self._restored
+
+    def scratch_dir(self, step: int) -> str:
+        path = tempfile.mkdtemp(prefix=f"alignray-ckpt-{step:06d}-r{self.rank}-")
+        self._scratch.append(path)
+        return path
+
+    def event(self, record: Dict[str, Any]) -> None:
+        """A non-metric line in metrics.jsonl (e.g. a restore), rank 0 only."""
+        if self.rank == 0:
+            with open(self.output_dir / METRICS_FILE, "a") as f:
+                f.write(json.dumps({**record, "wall_clock": time.time()}) + "\n")
+
+    def report(self, metrics: Dict[str, float], checkpoint_dir: Optional[str]) -> None:
+        import ray.train
+
+        from framework.cluster.checkpoints import checkpoint_name, make_publisher
+
+        step = int(metrics.get("step", 0))
+        if self.rank == 0:
+            with open(self.output_dir / METRICS_FILE, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            for name, value in metrics.items():
+                if isinstance(value, (int, float)) and name not in ("step", "wall_clock"):
+                    self._writer.add_scalar(name, value, step)
+        # ray.train.report is a barrier across workers: call it at the same steps on every rank.
+        if checkpoint_dir is not None:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir),
+                             checkpoint_dir_name=checkpoint_name(step),
+                             checkpoint_upload_fn=make_publisher(step, self.rank, self.world_size, self.barrier))
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # published (synchronously); local copy not needed
+            self._scratch.remove(checkpoint_dir)
+        elif step % self.log_every == 0:
+            ray.train.report(metrics)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        for path in self._scratch:
+            shutil.rmtree(path, ignore_errors=True)
