@@ -65,6 +65,12 @@ def test_head_worker_submit_roles_form_a_cluster(tmp_path: Path, cli):
         groups.append(ProcessGroup(["bash", str(ENTRYPOINT), "head"], head_env, tmp_path / "head.log"))
         wait_for_job_api(url, token_path.read_text(), group=groups[0])
         print(f"\n[timing] entrypoint head: job API ready after {time.monotonic() - started:.1f}s")
+        # docker-compose.yml's healthcheck command: healthy with the token, unhealthy without it.
+        health = ["ray", "health-check", "--address", f"{HEAD_IP}:{gcs_port}"]
+        assert subprocess.run(health, env=base, capture_output=True, timeout=60).returncode == 0
+        no_token = {k: v for k, v in base.items() if not k.startswith("RAY_AUTH_TOKEN")}
+        assert subprocess.run(health, env={**no_token, "HOME": str(tmp_path)}, capture_output=True,
+                              timeout=60).returncode != 0
         groups.append(ProcessGroup(["bash", str(ENTRYPOINT), "worker"], worker_env, tmp_path / "worker.log"))
 
         # The job waits for the worker node, then runs a task pinned to it: proof the worker joined and works.
