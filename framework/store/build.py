@@ -50,8 +50,9 @@ def _run(sources: List[str], tokenizer_path: str, options: Mapping[str, Any], nu
     tables, rejects = [], []
     bar = tqdm(desc="store build", unit=" rows", disable=not progress, file=sys.stderr, smoothing=0.1)
     if num_proc > 1:
-        # Children inherit the tokenizer-free parent by fork; each loads its own tokenizer once.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # fork: children inherit the imported transformers, and no script needs a __main__ guard (spawn
+        # would re-run the caller's main module in every worker).
         pool = multiprocessing.get_context("fork").Pool(num_proc, ingest.init_worker, (tokenizer_path, options))
         results = pool.imap(ingest.process_chunk, _chunks(sources, seen))
     else:

@@ -2,9 +2,9 @@
 
 Why direct Arrow mapping and not Ray Data: a row is addressed by one global index, so the sampler can
 prove that every row is read exactly once per epoch and resume at an exact position; Ray Data's streaming
-split has no per-sample resumable position. Mapping keeps reads zero-copy: `take` maps the shards it
-needs, copies the requested rows out and unmaps, so a worker's resident memory does not grow with the
-store's size.
+split has no per-sample resumable position. Mapping keeps reads zero-copy: `take` copies only the
+requested rows out of the mapped record batches, and hands the touched pages back to the kernel as they
+accumulate, so a worker's resident memory does not grow with the store's size.
 """
 
 from __future__ import annotations

@@ -96,3 +96,17 @@ def test_add_columns_writes_a_new_current_version(built, tmp_path):
     assert np.array_equal(added.token_lengths(), base.token_lengths())
     with pytest.raises(StoreError, match="values for"):
         add_columns(base, {"ref_logps": logps[:-1]}, note="short")
+
+
+def test_map_option_and_in_process_entrypoint(tmp_path, tokenizer_dir, capsys):
+    from launch.store import main
+
+    source = write_jsonl(tmp_path / "renamed.jsonl", [{"q": "question", "good": "yes", "bad": "no"}])
+    args = ["build", str(source), "--out", str(tmp_path / "s"), "--tokenizer", tokenizer_dir, "--quiet",
+            "--map", "q=prompt", "--map", "good=chosen", "--map", "bad=rejected", "--num-proc", "1"]
+    assert main(args) == 0
+    assert open_store(str(tmp_path / "s")).table()["responses"].to_pylist() == [["yes", "no"]]
+    assert main(["info", str(tmp_path / "s"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows_written"] == 1
+    with pytest.raises(SystemExit, match="col=field"):
+        main(args[:-2] + ["--map", "nonsense"])
