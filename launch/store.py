@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
+import os
 import sys
 from typing import Dict, List, Optional
 
@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
     verify = sub.add_parser("verify", help="re-hash every shard against the manifest")
     verify.add_argument("path", metavar="DIR")
+    verify.add_argument("--all", action="store_true", help="every version of the store, not only the current one")
     sample = sub.add_parser("sample", help="show rows decoded back to text")
     sample.add_argument("path", metavar="DIR")
     sample.add_argument("-n", type=int, default=5)
@@ -66,15 +67,20 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from framework.store import open_store, verify
+    from framework.store import StoreVersion, open_store, verify
+    from framework.store.layout import list_versions
 
     version = open_store(args.path)
-    problems = verify(version)
-    for problem in problems:
-        print(f"alignray store verify: {problem}", file=sys.stderr)
-    if not problems:
-        print(f"ok: {version.path} ({len(version.manifest['shards'])} shards, {version.num_rows:,} rows)")
-    return 1 if problems else 0
+    versions = [StoreVersion(version.root / name) for name in list_versions(version.root)] if args.all else [version]
+    failed = False
+    for item in versions:
+        problems = verify(item)
+        for problem in problems:
+            print(f"alignray store verify: {problem}", file=sys.stderr)
+        if not problems:
+            print(f"ok: {item.path} ({len(item.manifest['shards'])} shards, {item.num_rows:,} rows)")
+        failed = failed or bool(problems)
+    return 1 if failed else 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -96,6 +102,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except StoreError as exc:
         print(f"alignray store: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `alignray store info ... | head`
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 if __name__ == "__main__":

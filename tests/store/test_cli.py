@@ -69,6 +69,7 @@ def test_verify_passes_then_names_the_corrupted_shard(built, tmp_path):
     shard.write_bytes(bytes(data))
     result = alignray("verify", str(copy))
     assert result.returncode == 1 and "shard-00001.arrow" in result.stderr and "shard-00000" not in result.stderr
+    assert alignray("verify", "--all", str(copy)).returncode == 1
 
 
 @pytest.mark.parametrize("args", [["build", "missing.jsonl", "--out", "x"], ["info", "not-a-store"]])
