@@ -74,9 +74,12 @@ def assert_exactly_once(ledgers: List[List[Dict[str, Any]]], steps: int) -> None
 
 def worker_pids() -> List[int]:
     """Pids of the live Ray Train worker actors (the state API of the session's Ray)."""
+    import ray
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], timeout=30)
+    # This session's GCS address, never "auto": other Ray instances may run on the machine.
+    actors = list_actors(address=ray.get_runtime_context().gcs_address, timeout=30,
+                         filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     return sorted(int(a.pid) for a in actors)
 
 
