@@ -46,6 +46,7 @@ DEFAULT_EXCLUDES: List[str] = [
 ]
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
+_TOKEN_HINT = "set RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or write ~/.ray/auth_token"
 
 
 class JobsError(RuntimeError):
@@ -123,10 +124,7 @@ class _ErrorTranslator:
 
         if isinstance(exc, AuthenticationError):
             if self.token is None:
-                return JobsError(
-                    f"{self.address} requires an auth token and none was found "
-                    "(set RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or write ~/.ray/auth_token)"
-                )
+                return JobsError(f"{self.address} requires an auth token and none was found ({_TOKEN_HINT})")
             return JobsError(f"{self.address} rejected the auth token from {self.token.source}")
         unreachable = (ConnectionError, requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                        aiohttp.ClientConnectionError)
@@ -140,8 +138,12 @@ class JobsSession:
     """An authenticated `JobSubmissionClient` plus the error translation every call goes through."""
 
     def __init__(self, address: Optional[str] = None, env: Optional[Mapping[str, str]] = None):
+        env = os.environ if env is None else env
         self.address = resolve_address(address, env)
         self.token = resolve_auth_token(env)
+        if self.token is None and env.get("RAY_AUTH_MODE", "").lower() == "token":
+            # Fail before any request: Ray's own client would only log a warning and then get a 401.
+            raise JobsError(f"RAY_AUTH_MODE=token but no auth token was found ({_TOKEN_HINT})")
         headers = {"Authorization": f"Bearer {self.token.value}"} if self.token else None
         with self.errors():
             from ray.job_submission import JobSubmissionClient

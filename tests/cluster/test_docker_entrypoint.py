@@ -74,21 +74,30 @@ def test_head_worker_submit_roles_form_a_cluster(tmp_path: Path, cli):
         groups.append(ProcessGroup(["bash", str(ENTRYPOINT), "worker"], worker_env, tmp_path / "worker.log"))
 
         # The job waits for the worker node, then runs a task pinned to it: proof the worker joined and works.
+        # Both waits are bounded so a worker that never joins fails the job instead of hanging it.
         probe = (
-            "import ray, time, socket; ray.init(); deadline = time.time() + 120\n"
-            "while len([n for n in ray.nodes() if n['Alive']]) < 2 and time.time() < deadline: time.sleep(0.5)\n"
-            f"where = ray.get(ray.remote(lambda: ray.util.get_node_ip_address()).options("
-            f"resources={{'node:{WORKER_IP}': 0.01}}).remote())\n"
-            "print('ALIVE_NODES', len([n for n in ray.nodes() if n['Alive']]), 'TASK_ON', where)\n"
+            "import ray, time; ray.init(); deadline = time.time() + 240\n"
+            "alive = lambda: len([n for n in ray.nodes() if n['Alive']])\n"
+            "while alive() < 2 and time.time() < deadline: time.sleep(0.5)\n"
+            "print('ALIVE_NODES', alive(), flush=True)\n"
+            "assert alive() == 2, 'the worker never joined'\n"
+            f"ref = ray.remote(ray.util.get_node_ip_address).options(resources={{'node:{WORKER_IP}': 0.01}}).remote()\n"
+            "ready, _ = ray.wait([ref], timeout=180)\n"
+            "assert ready, 'the task pinned to the worker never ran'\n"
+            "print('TASK_ON', ray.get(ref))\n"
         )
         (tmp_path / "code").mkdir()
         (tmp_path / "code" / "probe.py").write_text(probe)
         submit_env = {**base, "RAY_API_SERVER_ADDRESS": url}
-        submitted = subprocess.run(["bash", str(ENTRYPOINT), "submit", "--wait", "--working-dir",
-                                    str(tmp_path / "code"), "--entrypoint", "python probe.py"],
-                                   env=submit_env, capture_output=True, text=True, timeout=300)
-        assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-2000:] + groups[1].log_tail()
-        assert f"ALIVE_NODES 2 TASK_ON {WORKER_IP}" in submitted.stdout
+        command = ["bash", str(ENTRYPOINT), "submit", "--wait", "--working-dir", str(tmp_path / "code"),
+                   "--entrypoint", "python probe.py"]
+        try:
+            submitted = subprocess.run(command, env=submit_env, capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"submit --wait timed out\nworker log:\n{groups[1].log_tail()}\nhead log:\n{groups[0].log_tail()}")
+        nodes_log = f"\nworker log:\n{groups[1].log_tail()}"
+        assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-2000:] + nodes_log
+        assert "ALIVE_NODES 2" in submitted.stdout and f"TASK_ON {WORKER_IP}" in submitted.stdout
         job_id = submitted.stdout.splitlines()[0]
         status = cli(["job", "status", job_id, "--address", url], env=base)
         assert status.stdout.startswith("SUCCEEDED")
