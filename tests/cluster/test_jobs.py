@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -72,11 +74,20 @@ def test_stop_a_running_job(ray_head, cli):
         state = cli(["job", "status", job_id, "--address", ray_head.url], env=ray_head.env).stdout.strip()
         time.sleep(0.5)
     assert state.startswith("RUNNING")
-    stopped = cli(["job", "stop", job_id, "--wait", "--address", ray_head.url], env=ray_head.env, timeout=120)
-    assert stopped.returncode == 0, stopped.stderr
-    assert stopped.stdout.strip().splitlines() == ["stop requested", "STOPPED"]
-    status = cli(["job", "status", job_id, "--address", ray_head.url], env=ray_head.env)
-    assert status.stdout.startswith("STOPPED")
+    # A follower attached before the stop sees the job's output, then the stop, and exits non-zero.
+    follower = subprocess.Popen([sys.executable, "-m", "launch.cli", "job", "logs", "--follow", job_id,
+                                 "--address", ray_head.url], env=ray_head.env, cwd=REPO_ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stopped = cli(["job", "stop", job_id, "--wait", "--address", ray_head.url], env=ray_head.env, timeout=120)
+        assert stopped.returncode == 0, stopped.stderr
+        assert stopped.stdout.strip().splitlines() == ["stop requested", "STOPPED"]
+        status = cli(["job", "status", job_id, "--address", ray_head.url], env=ray_head.env)
+        assert status.stdout.startswith("STOPPED")
+        out, err = follower.communicate(timeout=120)
+    finally:
+        follower.kill()
+    assert follower.returncode == 1 and "sleeping" in out and f"job {job_id} STOPPED" in err, (out, err)
 
 
 def _without_token(env: dict, home: Path) -> dict:
