@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Dict, Mapping, Optional, Tuple, Type, TypeVar
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
 
 T = TypeVar("T")
 
@@ -37,6 +37,8 @@ class DataConfig:
     demo_train_rows: int = 2000
     demo_eval_rows: int = 256
     use_stored_reference: str = "auto"  # auto | never | require
+    self_samples: int = 4  # D2O: samples per prompt drawn by `store add-samples` when the store has none
+    aligned_models: Optional[List[str]] = None  # PoFT: aligned LMs for `store add-aligned-logps`; None = the model
 
 
 @dataclasses.dataclass

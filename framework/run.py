@@ -22,6 +22,7 @@ def train(cfg: RunConfig) -> Dict[str, Any]:
     output = Path(cfg.output_dir).resolve()
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.jsonl").unlink(missing_ok=True) if not cfg.resume else None
+    launcher.ensure_ray(cfg)  # data preparation may run model passes on Ray workers
     prepared = prepare(cfg)
     result = launcher.fit(cfg, prepared)
     if result.error is not None:
@@ -47,7 +48,8 @@ def export(cfg: RunConfig, prepared: Any, checkpoint: Any) -> Path:
 
 def summarise(output: Path, result: Any, wall: float) -> Dict[str, Any]:
     rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    steps = [r for r in rows if "loss" in r]
+    by_step = {r["step"]: r for r in rows if "loss" in r}  # after a restart, replayed steps: keep the last
+    steps = [by_step[k] for k in sorted(by_step)]
     start = next((r for r in rows if "eval/policy_accuracy@start" in r), {})
     end = next((r for r in reversed(rows) if "eval/policy_accuracy" in r), {})
     tail = steps[len(steps) // 2 :] or steps

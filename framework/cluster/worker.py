@@ -87,7 +87,7 @@ def _use_stored_reference(cfg: Any, store: Any, paths: Dict[str, Any], objective
 
     if not objective.needs_reference or cfg.data.use_stored_reference == "never":
         return False
-    if "mismatched" in objective.requires:  # mismatched completions need a live reference forward
+    if {"mismatched", "self_samples"} & set(objective.requires):  # sequences not in the store need a live forward
         return False
     ok, reason = stored_reference_matches(store, paths["reference_path"], cfg.data.max_length, cfg.data.max_prompt_length)
     if cfg.data.use_stored_reference == "require" and not ok:

@@ -1,0 +1,190 @@
+"""Model passes over a store on Ray workers, each writing a new store version:
+
+- `add_reference`: frozen reference log-probs per response (`ref_logps`, `ref_lengths`) + a fingerprint, so
+  training can skip the reference model entirely;
+- `add_samples`: K self-samples per prompt from a model (`self_samples`, `self_sample_ids`) for D2O;
+- `add_aligned_logps`: per-token mean log-probs of each response under M aligned LMs (`aligned_logps`, [K][M]),
+  each with its own tokenizer, for PoFT.
+
+Rows are split into contiguous ranges, one Ray task per range; results come back in row order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+
+def _ranges(num_rows: int, parts: int) -> List[tuple]:
+    size = math.ceil(num_rows / max(1, parts))
+    return [(start, min(num_rows, start + size)) for start in range(0, num_rows, size)]
+
+
+def _map_rows(store_path: str, worker: Callable[..., List[Any]], options: Dict[str, Any], num_workers: int,
+              use_gpu: bool = False) -> List[Any]:
+    """Run `worker(store_path, start, end, **options)` as Ray tasks over row ranges; concatenate in order."""
+    import ray
+    from tqdm import tqdm
+
+    from framework.store import open_store
+
+    num_rows = open_store(store_path).num_rows
+    task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(worker)
+    pending = {task.remote(store_path, start, end, **options): i for i, (start, end) in enumerate(_ranges(num_rows, num_workers))}
+    results: Dict[int, List[Any]] = {}
+    with tqdm(total=len(pending), desc=worker.__name__.strip("_"), unit="part") as bar:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            results[pending.pop(done[0])] = ray.get(done[0])
+            bar.update(1)
+    return [value for i in sorted(results) for value in results[i]]
+
+
+def _reference_part(store_path: str, start: int, end: int, *, model_path: str, max_length: int,
+                    max_prompt_length: int, batch_size: int, dtype: str) -> List[tuple]:
+    """(logps, lengths) per row, computed exactly as the trainer's live reference does."""
+    import torch
+
+    from framework.engine.batches import BatchBuilder
+    from framework.engine.step import stats
+    from framework.model.loading import load_causal_lm, load_tokenizer
+    from framework.store import open_store
+
+    torch.set_num_threads(1)
+    store = open_store(store_path)
+    model = load_causal_lm(model_path, dtype).eval()
+    builder = BatchBuilder(load_tokenizer(model_path).pad_token_id, max_length, max_prompt_length, "pairwise", False)
+    out: List[tuple] = []
+    for first in range(start, end, batch_size):
+        rows = list(range(first, min(end, first + batch_size)))
+        batch = builder.build(store.take(rows), [False] * len(rows))
+        with torch.no_grad():
+            s = stats(model, batch.tokens)
+        for i in range(len(rows)):
+            valid = batch.tokens.valid[i]
+            out.append((s.logps[i][valid].double().tolist(), s.lengths[i][valid].int().tolist()))
+    return out
+
+
+def add_reference(store_path: str, model_path: str, *, max_length: int = 128, max_prompt_length: int = 64,
+                  batch_size: int = 16, num_workers: int = 2, dtype: str = "fp32") -> Any:
+    """Write a new version with per-response reference log-probs, tagged with the reference fingerprint."""
+    import pyarrow as pa
+
+    from framework.cluster.reference import reference_fingerprint
+    from framework.store import add_columns, open_store
+
+    version = open_store(store_path)
+    results = _map_rows(str(version.path), _reference_part, dict(model_path=model_path, max_length=max_length,
+                        max_prompt_length=max_prompt_length, batch_size=batch_size, dtype=dtype), num_workers)
+    info = {"model": model_path, "fingerprint": reference_fingerprint(model_path, max_length, max_prompt_length),
+            "max_length": max_length, "max_prompt_length": max_prompt_length, "dtype": dtype}
+    columns = {"ref_logps": pa.array([r[0] for r in results], pa.list_(pa.float64())),
+               "ref_lengths": pa.array([r[1] for r in results], pa.list_(pa.int32()))}
+    return add_columns(version, columns, note=f"reference log-probs from {model_path}", extra_manifest={"reference": info})
+
+
+def _samples_part(store_path: str, start: int, end: int, *, model_path: str, k: int, max_new_tokens: int,
+                  temperature: float, seed: int, max_prompt_length: int) -> List[tuple]:
+    """K sampled continuations per prompt: (texts, token ids with EOS)."""
+    import torch
+
+    from framework.model.loading import load_causal_lm, load_tokenizer
+    from framework.store import open_store
+
+    torch.set_num_threads(1)
+    store = open_store(store_path)
+    tokenizer = load_tokenizer(model_path)
+    model = load_causal_lm(model_path).eval()
+    out: List[tuple] = []
+    prompts = store.take(list(range(start, end)), columns=["prompt_ids"]).column("prompt_ids").to_pylist()
+    for offset, prompt in enumerate(prompts):
+        torch.manual_seed(seed + start + offset)  # per-row seed: the samples do not depend on the task split
+        ids = torch.tensor([prompt[-max_prompt_length:]])
+        with torch.no_grad():
+            generated = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=temperature,
+                                       top_k=0, max_new_tokens=max_new_tokens, num_return_sequences=k,
+                                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        texts, token_ids = [], []
+        for row in generated[:, ids.shape[1]:].tolist():
+            if tokenizer.eos_token_id in row:
+                row = row[: row.index(tokenizer.eos_token_id)]
+            row = [t for t in row if t != tokenizer.pad_token_id] or [tokenizer.eos_token_id]
+            texts.append(tokenizer.decode(row, skip_special_tokens=True))
+            token_ids.append(row + ([tokenizer.eos_token_id] if row[-1] != tokenizer.eos_token_id else []))
+        out.append((texts, token_ids))
+    return out
+
+
+def add_samples(store_path: str, model_path: str, *, k: int = 4, max_new_tokens: int = 32, temperature: float = 1.0,
+                seed: int = 0, max_prompt_length: int = 64, num_workers: int = 2) -> Any:
+    """Write a new version with K self-samples per prompt (D2O's y_1..y_K ~ π_init)."""
+    import pyarrow as pa
+
+    from framework.model.loading import model_fingerprint
+    from framework.store import add_columns, open_store
+
+    version = open_store(store_path)
+    results = _map_rows(str(version.path), _samples_part, dict(model_path=model_path, k=k, max_new_tokens=max_new_tokens,
+                        temperature=temperature, seed=seed, max_prompt_length=max_prompt_length), num_workers)
+    columns = {"self_samples": pa.array([r[0] for r in results], pa.list_(pa.string())),
+               "self_sample_ids": pa.array([r[1] for r in results], pa.list_(pa.list_(pa.int32())))}
+    info = {"model": model_path, "fingerprint": model_fingerprint(model_path), "k": k, "temperature": temperature,
+            "max_new_tokens": max_new_tokens, "seed": seed}
+    return add_columns(version, columns, note=f"{k} self-samples per prompt from {model_path}",
+                       extra_manifest={"self_samples": info})
+
+
+def _aligned_part(store_path: str, start: int, end: int, *, model_paths: Sequence[str], batch_size: int) -> List[list]:
+    """Per row, per response: [mean log-prob under each aligned model], each model with its own tokenizer."""
+    import json
+
+    import torch
+
+    from framework.engine.step import stats
+    from framework.model.batching import collate
+    from framework.model.loading import load_causal_lm, load_tokenizer
+    from framework.store import open_store
+
+    torch.set_num_threads(1)
+    table = open_store(store_path).take(list(range(start, end)), columns=["prompt", "prompt_is_chat", "responses"])
+    rows = table.to_pylist()
+    per_model: List[List[List[float]]] = []
+    for path in model_paths:
+        tokenizer, model = load_tokenizer(path), load_causal_lm(path).eval()
+        values: List[List[float]] = []
+        for first in range(0, len(rows), batch_size):
+            chunk = rows[first : first + batch_size]
+            prompts = [_encode_prompt(tokenizer, r["prompt"], r["prompt_is_chat"], json) for r in chunk]
+            responses = [[tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                          for t in r["responses"]] for r in chunk]
+            tokens = collate(prompts, responses, pad_id=tokenizer.pad_token_id, max_length=10**6, max_prompt_length=10**6)
+            with torch.no_grad():
+                mean = stats(model, tokens).mean_logps
+            values += [mean[i][tokens.valid[i]].double().tolist() for i in range(len(chunk))]
+        per_model.append(values)
+    return [[[per_model[m][i][k] for m in range(len(model_paths))] for k in range(len(rows[i]["responses"]))]
+            for i in range(len(rows))]
+
+
+def _encode_prompt(tokenizer: Any, prompt: str, is_chat: bool, json: Any) -> List[int]:
+    if is_chat and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(json.loads(prompt), add_generation_prompt=True, tokenize=True)
+    return tokenizer(prompt)["input_ids"]
+
+
+def add_aligned_logps(store_path: str, model_paths: Sequence[str], *, batch_size: int = 16, num_workers: int = 2) -> Any:
+    """Write a new version with `aligned_logps` [K][M] (PoFT's ℓ̄_j(y), precomputed once)."""
+    import pyarrow as pa
+
+    from framework.model.loading import model_fingerprint
+    from framework.store import add_columns, open_store
+
+    version = open_store(store_path)
+    results = _map_rows(str(version.path), _aligned_part, dict(model_paths=list(model_paths), batch_size=batch_size), num_workers)
+    info = {"models": list(model_paths), "fingerprints": [model_fingerprint(p) for p in model_paths]}
+    return add_columns(version, {"aligned_logps": pa.array(results, pa.list_(pa.list_(pa.float64())))},
+                       note=f"aligned-LM mean log-probs from {len(model_paths)} models", extra_manifest={"aligned_lms": info})
