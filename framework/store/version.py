@@ -23,7 +23,9 @@ from framework.store.layout import file_sha256, read_current
 from framework.store.schema import SCHEMA_VERSION
 
 # Unmap after roughly this many bytes of mapped pages have been touched (see `_record_batches`).
-DROP_PAGES_AFTER_BYTES = 32 << 20
+DROP_PAGES_AFTER_BYTES = 64 << 20
+# Up to this many rows, `take` returns one-row slices (no copy); beyond, Arrow's take kernel copies.
+SLICE_ROWS = 512
 
 
 def _read_shard(path: Path, columns: Optional[Sequence[str]] = None) -> pa.Table:
@@ -117,36 +119,47 @@ class StoreVersion:
             # Re-measure: libraries loaded meanwhile stay resident and must not count as our pages.
             self._shared_baseline = _shared_resident_bytes() or shared
 
+    def __getstate__(self) -> Dict[str, Any]:
+        """Picklable (e.g. shipped to Ray workers): the mapped views are rebuilt on the other side."""
+        return dict(self.__dict__, _batches=None, _maps=[], _shared_baseline=None)
+
     def release(self) -> None:
         """Forget the mapped views (the maps close once no taken table refers to them)."""
         self._batches, self._maps = None, []
 
     def take(self, indices: Sequence[int], columns: Optional[Sequence[str]] = None) -> pa.Table:
-        """The rows at `indices` (global row numbers), in that order, copied out of the mapped shards.
+        """The rows at `indices` (global row numbers), in that order.
 
-        Rows are taken from single record batches (taking from a multi-chunk table would first concatenate
-        whole columns), so only the pages of the requested rows are touched.
+        Small requests (training micro-batches) are zero-copy one-row slices of the mapped record batches;
+        large ones use Arrow's take per record batch (taking from a multi-chunk table would first
+        concatenate whole columns). Either way only the pages of the requested rows are touched.
         """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_rows):
             raise IndexError(f"row index out of range [0, {self.num_rows}) in {self.path}")
+        if idx.size == 0:
+            return self.table(columns).slice(0, 0)
         starts, batches = self._record_batches()
         batch_of = np.searchsorted(starts, idx, side="right") - 1
-        groups = np.unique(batch_of)
-        pieces = []
-        for batch in groups:
-            record_batch = batches[batch] if columns is None else batches[batch].select(list(columns))
-            pieces.append(record_batch.take(pa.array(idx[batch_of == batch] - starts[batch])))
-        if not pieces:
-            return self.table(columns).slice(0, 0)
+        selected = {b: batches[b] if columns is None else batches[b].select(list(columns)) for b in np.unique(batch_of)}
+        if idx.size <= SLICE_ROWS:
+            result = pa.Table.from_batches([selected[b].slice(i - starts[b], 1) for i, b in zip(idx, batch_of)])
+        else:
+            result = self._take_grouped(idx, batch_of, starts, selected)
         self._drop_pages()
-        if len(groups) == 1:
-            return pa.Table.from_batches(pieces)
+        return result
+
+    @staticmethod
+    def _take_grouped(idx: np.ndarray, batch_of: np.ndarray, starts: np.ndarray, selected: Dict[int, Any]) -> pa.Table:
+        pieces = [selected[b].take(pa.array(idx[batch_of == b] - starts[b])) for b in sorted(selected)]
+        grouped = pa.Table.from_batches(pieces)
+        if len(pieces) == 1:
+            return grouped
         # The pieces hold the rows grouped by record batch (stably); put them back in the order asked for.
         order = np.argsort(batch_of, kind="stable")
         inverse = np.empty_like(order)
         inverse[order] = np.arange(order.size)
-        return pa.Table.from_batches(pieces).take(pa.array(inverse))
+        return grouped.take(pa.array(inverse))
 
     def token_lengths(self) -> np.ndarray:
         """Per row: prompt tokens + tokens of the longest response (per-response prompts when present)."""

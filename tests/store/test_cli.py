@@ -111,3 +111,28 @@ def test_map_option_and_in_process_entrypoint(tmp_path, tokenizer_dir, capsys):
     assert json.loads(capsys.readouterr().out)["rows_written"] == 1
     with pytest.raises(SystemExit, match="col=field"):
         main(args[:-2] + ["--map", "nonsense"])
+
+
+def test_store_version_pickles_after_reading(built):
+    import pickle
+
+    store, _ = built
+    version = open_store(str(store))
+    first = version.take([3, 1])
+    clone = pickle.loads(pickle.dumps(version))
+    assert clone.take([3, 1]).equals(first) and clone.num_rows == version.num_rows
+
+
+def test_take_small_and_large_requests_match_a_plain_take(tmp_path):
+    from framework.store.synthetic import synthetic_store
+
+    version = synthetic_store(str(tmp_path / "s"), num_rows=3000, num_shards=3, response_tokens=4)
+    full = version.table()
+    rng = np.random.default_rng(0)
+    for size in (1, 7, 512, 513, 2999):  # both sides of SLICE_ROWS, rows from every shard, repeats allowed
+        rows = rng.integers(0, version.num_rows, size)
+        assert version.take(rows).to_pylist() == full.take(pa.array(rows)).to_pylist()
+        assert version.take(rows, columns=["row_id"]).column_names == ["row_id"]
+    assert version.take([]).num_rows == 0
+    with pytest.raises(IndexError):
+        version.take([version.num_rows])

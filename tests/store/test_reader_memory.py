@@ -10,7 +10,7 @@ from pathlib import Path
 
 from framework.store.synthetic import synthetic_store
 
-BUDGET_MB = 64
+BUDGET_MB = 96  # the reader hands pages back after 64 MB (version.DROP_PAGES_AFTER_BYTES)
 READER = textwrap.dedent("""
     import json, sys
     import pyarrow.compute as pc
@@ -27,23 +27,27 @@ READER = textwrap.dedent("""
     for step, batch in enumerate(batches):
         rows = [i for i, pad in zip(batch.indices, batch.is_padding) if not pad]
         table = version.take(rows, columns=["prompt_ids", "response_ids"])
-        tokens += pc.sum(pc.list_value_length(pc.list_flatten(table["response_ids"]))).as_py()
+        # Read every token id (like a collate into tensors would), not just the list lengths.
+        tokens += pc.sum(pc.list_flatten(pc.list_flatten(table["response_ids"])).cast("int64")).as_py()
         samples.append(rss_mb())  # every step; the first one, after one batch, is the baseline
     print(json.dumps({"samples": samples, "tokens": tokens, "batches": len(batches)}))
 """)
 
 
 def test_rss_stays_flat_while_reading_a_store_larger_than_the_budget(tmp_path: Path) -> None:
-    # 18k rows x (64 + 2 x 2048) int32 tokens ≈ 290 MB over 16 shards: ~4.5x the budget.
-    version = synthetic_store(str(tmp_path / "big"), num_rows=18_000, num_shards=16, response_tokens=2048)
+    # 24k rows x (64 + 2 x 2048) int32 tokens ≈ 385 MB over 16 shards: 4x the budget.
+    version = synthetic_store(str(tmp_path / "big"), num_rows=24_000, num_shards=16, response_tokens=2048)
     store_mb = sum(s["bytes"] for s in version.manifest["shards"]) / 2**20
-    assert store_mb > 4 * BUDGET_MB
+    assert store_mb >= 4 * BUDGET_MB
     result = subprocess.run([sys.executable, "-c", READER, str(version.path)], capture_output=True, text=True,
                             timeout=300, check=True, cwd=Path(__file__).resolve().parents[2])
     report = json.loads(result.stdout)
-    assert report["tokens"] == version.num_rows * 2 * 2048  # the whole store was read
+    import pyarrow.compute as pc
+
+    expected = pc.sum(pc.list_flatten(pc.list_flatten(version.table()["response_ids"])).cast("int64")).as_py()
+    assert report["tokens"] == expected  # every token id of the store was read, exactly once
     baseline = report["samples"][0]
     peak = max(s["VmRSS"] for s in report["samples"])
     assert peak - baseline["VmRSS"] < BUDGET_MB, report["samples"]
     # File-backed pages (the shards' mapped pages; shared libraries are in the baseline) do not pile up either.
-    assert max(s["RssFile"] for s in report["samples"]) - baseline["RssFile"] < BUDGET_MB * 3 / 4, report["samples"]
+    assert max(s["RssFile"] for s in report["samples"]) - baseline["RssFile"] < BUDGET_MB * 5 / 6, report["samples"]
