@@ -31,10 +31,12 @@ if TYPE_CHECKING:  # ray is heavy; import it only where it is used.
     from ray.job_submission import JobSubmissionClient
 
 # Paths (gitignore syntax, relative to working_dir) never uploaded with a job: environments, run outputs and
-# VCS data are large and machine-specific; benchmark results are reports, not code.
+# VCS data are large and machine-specific; benchmark results are reports, not code; docker/secrets holds the
+# cluster token for compose and must never travel inside a job package.
 DEFAULT_EXCLUDES: List[str] = [
     ".venv",
     ".git",
+    "docker/secrets/",
     "runs/",
     "outputs/",
     "multirun/",

@@ -23,9 +23,13 @@ def test_submit_wait_succeeds_and_logs_are_readable(ray_head, cli, tmp_path: Pat
     code = tmp_path / "code"
     code.mkdir()
     (code / "probe.txt").write_text("uploaded-working-dir-ok\n")
+    for never_shipped in ("docker/secrets/ray_auth_token", "runs/old/big.bin", ".venv/bin/python"):
+        (code / never_shipped).parent.mkdir(parents=True, exist_ok=True)
+        (code / never_shipped).write_text("must not be uploaded")
+    check_excluded = "test ! -e docker/secrets/ray_auth_token && test ! -e runs/old && test ! -e .venv"
     started = time.monotonic()
     result = cli(["submit", "--address", ray_head.url, "--wait", "--working-dir", str(code),
-                  "--entrypoint", "cat probe.txt && echo job-finished"], env=ray_head.env)
+                  "--entrypoint", f"cat probe.txt && {check_excluded} && echo job-finished"], env=ray_head.env)
     elapsed = time.monotonic() - started
     print(f"\n[timing] trivial job submit-to-SUCCEEDED (CLI, incl. interpreter start) {elapsed:.1f}s")
     assert result.returncode == 0, result.stderr

@@ -52,7 +52,8 @@ def test_runtime_env_uploads_project_without_heavy_dirs(tmp_path: Path):
     assert root is not None and (root / "launch" / "cli.py").is_file()
     runtime_env = jobs.build_runtime_env(root, {"OMP_NUM_THREADS": "1"})
     assert runtime_env["working_dir"] == str(root)
-    assert {".venv", ".git", "runs/", "outputs/", "benchmarks/results/"} <= set(runtime_env["excludes"])
+    assert {".venv", ".git", "runs/", "outputs/", "benchmarks/results/", "docker/secrets/"} <= set(
+        runtime_env["excludes"])
     assert runtime_env["env_vars"] == {"OMP_NUM_THREADS": "1", "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}
     assert "working_dir" not in jobs.build_runtime_env(None)
     with pytest.raises(jobs.JobsError, match="not a directory"):
