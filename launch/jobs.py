@@ -26,7 +26,11 @@ def _split_overrides(argv: List[str]) -> Tuple[List[str], List[str]]:
 
 
 def _submit_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alignray submit", description="Submit `alignray train` as a Ray job.")
+    parser = argparse.ArgumentParser(
+        prog="alignray submit", usage="%(prog)s [options] -- <train overrides>",
+        description="Submit `alignray train <overrides>` to a Ray cluster as a job and print its id.",
+        epilog="example: alignray submit --address http://head:8265 --wait -- objective=dpo "
+               "cluster.num_workers=2 output_dir=/shared/runs/dpo1")
     parser.add_argument("--address", help="job API URL, e.g. http://head:8265 (default: $RAY_ADDRESS)")
     parser.add_argument("--wait", action="store_true", help="stream logs; exit 0 only if the job SUCCEEDED")
     code = parser.add_mutually_exclusive_group()
@@ -43,7 +47,10 @@ def _submit(argv: List[str]) -> int:
     args = _submit_parser().parse_args(options)
     if args.entrypoint and overrides:
         raise jobs.JobsError("give either --entrypoint or train overrides after `--`, not both")
-    env_vars = dict(item.split("=", 1) for item in args.env if "=" in item)
+    malformed = [item for item in args.env if "=" not in item]
+    if malformed:
+        raise jobs.JobsError(f"--env expects KEY=VALUE, got {malformed[0]!r}")
+    env_vars = dict(item.split("=", 1) for item in args.env)
     working_dir = None if args.no_working_dir else (args.working_dir or jobs.project_root())
     if working_dir is None and not args.no_working_dir:
         print("alignray: not a source checkout; the job runs the alignray installed on the cluster", file=sys.stderr)
