@@ -1,7 +1,7 @@
 """`alignray store build|info|verify|sample ...`: build and inspect preference stores.
 
 Fatal problems print one line naming the file and exit 1 (no traceback); `verify` exits 1 on corruption.
-`add-reference` and `add-samples` are run by the trainer's modules (see DELEGATED).
+`add-reference`, `add-samples` and `add-aligned-logps` run models on Ray workers (launch/store_passes.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-DELEGATED = {"add-reference": "launch.add_reference", "add-samples": "launch.add_samples"}
+# Model passes run on Ray workers; their entrypoint lives with the other Ray-facing commands.
+DELEGATED = {"add-reference": "launch.store_passes", "add-samples": "launch.store_passes",
+             "add-aligned-logps": "launch.store_passes"}
 
 
 def _column_map(pairs: List[str]) -> Dict[str, str]:
@@ -91,7 +93,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         except ModuleNotFoundError:
             print(f"alignray store: error: {argv[0]} is not available in this build", file=sys.stderr)
             return 2
-        return int(module.main(argv[1:]) or 0)
+        return int(module.main(argv) or 0)
     args = _parser().parse_args(argv)
     from framework.store.show import info, sample
     from framework.store.errors import StoreError

@@ -37,14 +37,22 @@ def embedded_cpus(cfg: RunConfig) -> int:
 
 def ensure_ray(cfg: RunConfig) -> None:
     """Join `cluster.address` (or RAY_ADDRESS), else start an embedded Ray bound to loopback."""
+    ensure_ray_address(cfg.cluster.address, embedded_cpus(cfg), threads=max(1, int(cfg.cluster.cpus_per_worker)))
+
+
+def ensure_ray_address(address: Optional[str], num_cpus: int, threads: int = 1) -> None:
+    """Connect to `address` (or RAY_ADDRESS); without one, start an embedded Ray with `num_cpus` logical CPUs."""
     import ray
 
     if ray.is_initialized():
         return
-    env = {"OMP_NUM_THREADS": str(max(1, int(cfg.cluster.cpus_per_worker))), "TOKENIZERS_PARALLELISM": "false",
+    env = {"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "PYTHONUNBUFFERED": "1"}
-    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        # Inside a submitted job the job's runtime env already sets some of these; Ray refuses a conflicting
+        # value, so only add what the job left unset.
+        env = {k: v for k, v in env.items() if k not in os.environ}
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
         return
     # Seen on these machines: Ray binds the machine's interface unless told otherwise; keep it on loopback.
@@ -54,7 +62,7 @@ def ensure_ray(cfg: RunConfig) -> None:
     # Ray's own actors: with another Ray instance on the machine, "auto" discovery is ambiguous and fails.
     port = _free_port()
     env["RAY_API_SERVER_ADDRESS"] = f"http://{LOOPBACK}:{port}"
-    ray.init(num_cpus=embedded_cpus(cfg), include_dashboard=True, dashboard_host=LOOPBACK, dashboard_port=port,
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK, dashboard_port=port,
              _node_ip_address=LOOPBACK, runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=True,
              logging_level=logging.WARNING)
 

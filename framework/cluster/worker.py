@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -62,7 +63,12 @@ def train_worker(payload: Dict[str, Any]) -> None:
         reference = load_causal_lm(paths["reference_path"], cfg.model.dtype) if live_reference else None
     engine = seam.wrap_policy(policy, cfg.train.max_steps)
     reference = seam.wrap_reference(reference) if reference is not None else None
-    # Eval on held-out pairs uses the live reference for reward accuracy when one is loaded.
+    mode = "stored" if stored_reference else ("live" if reference is not None else "none")
+    if rank == 0:
+        info = {"reference": mode, "world_size": world, "zero_stage": cfg.deepspeed.zero_stage,
+                "objective": cfg.objective_name, "device": str(device), "backend": payload["backend"]}
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.output_dir) / "run_info.json").write_text(json.dumps(info, indent=2))
 
     sampler = EpochSampler(
         store.num_rows, rank=rank, world_size=world, batch_size=cfg.train.micro_batch_size, seed=cfg.train.seed,

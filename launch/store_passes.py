@@ -1,0 +1,51 @@
+"""`alignray store add-reference|add-samples|add-aligned-logps DIR --model PATH ...`: model passes over a
+store on Ray workers (embedded local Ray, or `--address`), each writing a new store version."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"alignray store {command}")
+    parser.add_argument("path", metavar="DIR", help="store root or version directory")
+    parser.add_argument("--model", required=True, action="append" if command == "add-aligned-logps" else "store",
+                        help="local HF model dir or hub id" + (" (repeat for each aligned LM)" if command == "add-aligned-logps" else ""))
+    parser.add_argument("--num-workers", type=int, default=2, help="Ray tasks to split the rows over")
+    parser.add_argument("--address", help="Ray cluster to run on (default: an embedded local Ray)")
+    if command == "add-reference":
+        parser.add_argument("--max-length", type=int, default=128, help="must match training's data.max_length")
+        parser.add_argument("--max-prompt-length", type=int, default=64, help="must match data.max_prompt_length")
+        parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    if command == "add-samples":
+        parser.add_argument("-k", type=int, default=4, help="samples per prompt")
+        parser.add_argument("--max-new-tokens", type=int, default=32)
+        parser.add_argument("--temperature", type=float, default=1.0)
+        parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: List[str]) -> int:
+    command, args = argv[0], _parser(argv[0]).parse_args(argv[1:])
+    from framework.cluster import store_passes
+    from framework.cluster.launcher import ensure_ray_address
+    from framework.store import StoreError
+
+    ensure_ray_address(args.address, num_cpus=max(4, args.num_workers + 2))
+    try:
+        if command == "add-reference":
+            version = store_passes.add_reference(args.path, args.model, max_length=args.max_length,
+                                                 max_prompt_length=args.max_prompt_length, dtype=args.dtype,
+                                                 num_workers=args.num_workers)
+        elif command == "add-samples":
+            version = store_passes.add_samples(args.path, args.model, k=args.k, max_new_tokens=args.max_new_tokens,
+                                               temperature=args.temperature, seed=args.seed, num_workers=args.num_workers)
+        else:
+            version = store_passes.add_aligned_logps(args.path, args.model, num_workers=args.num_workers)
+    except (StoreError, FileNotFoundError, OSError, ValueError) as err:
+        print(f"alignray store {command}: error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {version.path} ({version.num_rows} rows)")
+    return 0
