@@ -32,7 +32,8 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.store_bench
+	$(PY) -m benchmarks.objective_claims
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache

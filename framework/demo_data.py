@@ -44,12 +44,16 @@ def _prompt(rng: random.Random) -> tuple:
     return topic, rng.choice(PROMPT_TEMPLATES).format(t=topic)
 
 
-def pairs(n: int, seed: int) -> Iterator[dict]:
-    """TRL-style pairwise rows: chosen is fully on topic, rejected fully off topic."""
+def pairs(n: int, seed: int, flip_rate: float = 0.0) -> Iterator[dict]:
+    """TRL-style pairwise rows: chosen is fully on topic, rejected fully off topic. With `flip_rate`, that
+    share of rows has chosen and rejected swapped (label noise, for robustness benchmarks)."""
     rng = random.Random(seed)
     for _ in range(n):
         topic, prompt = _prompt(rng)
-        yield {"prompt": prompt, "chosen": _response(rng, topic, RESPONSE_WORDS), "rejected": _response(rng, topic, 0)}
+        good, bad = _response(rng, topic, RESPONSE_WORDS), _response(rng, topic, 0)
+        if flip_rate and rng.random() < flip_rate:
+            good, bad = bad, good
+        yield {"prompt": prompt, "chosen": good, "rejected": bad}
 
 
 def ranked(n: int, seed: int, list_size: int = 4) -> Iterator[dict]:
@@ -69,6 +73,16 @@ def binary(n: int, seed: int) -> Iterator[dict]:
         topic, prompt = _prompt(rng)
         good = i % 2 == 0
         yield {"prompt": prompt, "completion": _response(rng, topic, RESPONSE_WORDS if good else 0), "label": good}
+
+
+def pairs_from_lists(lists: Iterator[dict], seed: int, all_pairs: bool = False) -> Iterator[dict]:
+    """Pairs drawn from ranked lists (higher score = chosen): one random pair per list, or every ordered pair."""
+    rng = random.Random(seed)
+    for row in lists:
+        order = sorted(range(len(row["responses"])), key=lambda i: -row["scores"][i])
+        picks = [(a, b) for x, a in enumerate(order) for b in order[x + 1 :]]
+        for a, b in picks if all_pairs else [rng.choice(picks)]:
+            yield {"prompt": row["prompt"], "chosen": row["responses"][a], "rejected": row["responses"][b]}
 
 
 SHAPES = {"pairwise": pairs, "ranked": ranked, "binary": binary}
