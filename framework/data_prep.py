@@ -59,9 +59,18 @@ def _store_from(sources: str, out: Path, tokenizer: str, kind: Optional[str], cf
         if have == wanted:
             log.info("reusing store %s (same sources, tokenizer and limits)", current.path)
             return str(current.path)
-    version = build_store(paths, str(out), tokenizer=tokenizer, kind=kind,
+    version = build_store(paths, str(out), tokenizer=tokenizer, kind=kind, num_proc=1 if _ray_running() else None,
                           max_prompt_tokens=cfg.data.max_prompt_length, max_response_tokens=cfg.data.max_length)
     return str(version.path)
+
+
+def _ray_running() -> bool:
+    """The store's tokenizer pool forks; forking a process that runs Ray's threads is unsafe, so build
+    in-process then (e.g. a second run in the same interpreter)."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -99,9 +108,12 @@ def prepare(cfg: RunConfig) -> Prepared:
 def _add_model_columns(store_path: str, requires: tuple, model_path: str, cfg: RunConfig) -> str:
     """Columns some objectives need that come from models: D2O's self-samples, PoFT's aligned log-probs."""
     from framework.cluster import store_passes
+    from framework.cluster.launcher import ensure_ray
     from framework.store import open_store
 
     columns = open_store(store_path).table().column_names
+    if {"self_samples", "aligned_logps"} & set(requires):
+        ensure_ray(cfg)
     workers = cfg.cluster.num_workers
     if "self_samples" in requires and "self_sample_ids" not in columns:
         log.warning("store has no self-samples: drawing %d per prompt from %s", cfg.data.self_samples, model_path)

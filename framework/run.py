@@ -22,8 +22,7 @@ def train(cfg: RunConfig) -> Dict[str, Any]:
     output = Path(cfg.output_dir).resolve()
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.jsonl").unlink(missing_ok=True) if not cfg.resume else None
-    launcher.ensure_ray(cfg)  # data preparation may run model passes on Ray workers
-    prepared = prepare(cfg)
+    prepared = prepare(cfg)  # before Ray starts: store builds fork tokenizer workers
     result = launcher.fit(cfg, prepared)
     if result.error is not None:
         raise result.error

@@ -31,7 +31,7 @@ def summary(version: StoreVersion) -> Dict[str, Any]:
         "bytes": sum(s["bytes"] for s in manifest["shards"]), "token_lengths": manifest.get("token_lengths"),
         "tokenizer": manifest.get("tokenizer"), "sources": manifest.get("sources"), "build": manifest.get("build"),
         "history": manifest.get("history"),
-        **{k: v for k, v in manifest.items() if k in ("reference", "samples")},
+        **{k: v for k, v in manifest.items() if k in ("reference", "self_samples", "aligned_lms")},
     }
 
 
@@ -55,6 +55,14 @@ def info(args: argparse.Namespace) -> int:
     print(f"tokenizer {tokenizer.get('path')} sha256 {str(tokenizer.get('sha256'))[:16]}")
     for source in data["sources"] or []:
         print(f"source {source['path']} ({source['format']}, {source['rows']:,} rows, sha256 {source['sha256'][:16]})")
+    if data.get("reference"):
+        ref = data["reference"]
+        print(f"reference log-probs from {ref.get('model')} (max_length {ref.get('max_length')}, max_prompt_length "
+              f"{ref.get('max_prompt_length')}, fingerprint {str(ref.get('fingerprint'))[:16]})")
+    if data.get("self_samples"):
+        print(f"self-samples: {data['self_samples'].get('k')} per prompt from {data['self_samples'].get('model')}")
+    if data.get("aligned_lms"):
+        print(f"aligned-LM log-probs from {', '.join(data['aligned_lms'].get('models', []))}")
     print(f"columns {', '.join(data['columns'])}")
     return 0
 
