@@ -27,10 +27,23 @@ def train(cfg: RunConfig) -> Dict[str, Any]:
     if result.error is not None:
         raise result.error
     summary = summarise(output, result, time.perf_counter() - started)
+    summary["plot"] = _plot(output, cfg)
     if cfg.train.export and result.checkpoint is not None:
         summary["export"] = str(export(cfg, prepared, result.checkpoint))
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _plot(output: Path, cfg: RunConfig) -> Any:
+    from framework.plots import plot_metrics
+
+    try:
+        path = plot_metrics(output / "metrics.jsonl", title=f"{cfg.objective_name} · {cfg.cluster.num_workers} workers · "
+                                                              f"ZeRO-{cfg.deepspeed.zero_stage}")
+    except Exception as err:  # a plot must never fail a finished run
+        log.warning("could not draw the metrics plot: %s", err)
+        return None
+    return str(path) if path else None
 
 
 def export(cfg: RunConfig, prepared: Any, checkpoint: Any) -> Path:
@@ -88,4 +101,6 @@ def format_summary(summary: Dict[str, Any]) -> str:
         f"  checkpoint: {summary['checkpoint']}",
         f"  metrics:    {summary['metrics']}  (TensorBoard: {summary['tensorboard']})",
     ]
+    if summary.get("plot"):
+        lines.append(f"  plot:       {summary['plot']}")
     return "\n".join(lines)

@@ -1,0 +1,48 @@
+"""A one-page training plot (`<output_dir>/metrics.png`) from `metrics.jsonl`: loss, reward accuracy and margin,
+chosen/rejected log-probs (falling chosen log-probs while the margin rises = likelihood displacement), throughput."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional
+
+PANELS = [
+    ("loss", ["loss"]),
+    ("rewards", ["rewards/accuracy", "rewards/margin"]),
+    ("log-probs", ["logps/chosen", "logps/rejected"]),
+    ("throughput (tokens/s)", ["tokens_per_s"]),
+]
+
+
+def plot_metrics(metrics_file: Path, out: Optional[Path] = None, title: str = "") -> Optional[Path]:
+    """Write the plot next to the metrics; returns its path, or None when there is nothing to draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training nodes
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
+    by_step: Dict[int, dict] = {r["step"]: r for r in rows if "loss" in r}  # replayed steps: the last wins
+    steps = sorted(by_step)
+    panels = [(name, [k for k in keys if any(k in by_step[s] for s in steps)]) for name, keys in PANELS]
+    panels = [(name, keys) for name, keys in panels if keys]
+    if not steps or not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (name, keys) in zip(list(getattr(axes, "flat", [axes])), panels):
+        for key in keys:
+            xs: List[int] = [s for s in steps if key in by_step[s]]
+            ax.plot(xs, [by_step[s][key] for s in xs], label=key, linewidth=1.2)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out or Path(metrics_file).with_name("metrics.png"))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
