@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -16,6 +17,22 @@ import torch
 from framework.cluster.reporter import METRICS_FILE, RayReporter  # noqa: F401
 
 log = logging.getLogger(__name__)
+
+
+def _quiet_worker_logs() -> None:
+    """Per-report INFO lines and per-load progress bars from every worker drown the driver's progress bar."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    try:  # Ray Train 2.60 logs each report under the module's *file path*, outside the "ray.train" hierarchy
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:
+        pass
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    # DeepSpeed 0.19 calls torch.distributed APIs that torch 2.13 deprecates; nothing for a user to act on.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
 
 
 def _seed_everything(seed: int) -> None:
@@ -39,12 +56,14 @@ def train_worker(payload: Dict[str, Any]) -> None:
 
     cfg, paths = from_dict(payload["config"]), payload["paths"]
     os.environ.update(payload.get("env", {}))  # ALIGNRAY_TEST_* fault-injection hooks, see launcher.fit
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # per-report INFO lines drown the progress bar
+    _quiet_worker_logs()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(cfg.cluster.cpus_per_worker)))
     _seed_everything(cfg.train.seed)
     device = pick_device(payload["use_gpu"])
+    if device.type == "cpu":  # say so before DeepSpeed is imported, instead of its auto-detection warning
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     seam = DeepSpeedSeam(cfg.deepspeed, cfg.train, device, payload["backend"])
     seam.init_distributed()
 

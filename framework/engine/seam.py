@@ -176,6 +176,8 @@ def consolidated_state_dict(checkpoint_dir: str, tag: str = "model") -> Dict[str
     from pathlib import Path
 
     path = Path(checkpoint_dir)
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not any(path.glob(f"{tag}/*optim_states.pt")):  # ZeRO-0: rank 0 saved the whole module
         return torch.load(path / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
