@@ -85,12 +85,12 @@ def format_summary(summary: Dict[str, Any]) -> str:
     def pct(v: Any) -> str:
         return "n/a" if v is None else f"{100 * v:.1f}%"
 
-    lines = [
-        "",
-        "alignray run summary",
-        f"  held-out preference accuracy (policy log-prob margin > 0): {pct(summary['eval_accuracy_start'])} before"
-        f" -> {pct(summary['eval_accuracy_end'])} after",
-    ]
+    lines = ["", "alignray run summary"]
+    if summary["eval_accuracy_end"] is None:
+        lines.append("  held-out preference accuracy: not measured (no held-out pairs; set data.eval=PATH)")
+    else:
+        lines.append(f"  held-out preference accuracy (policy log-prob margin > 0): {pct(summary['eval_accuracy_start'])}"
+                     f" before -> {pct(summary['eval_accuracy_end'])} after")
     if summary.get("eval_reward_accuracy_end") is not None:
         lines.append(f"  held-out implicit-reward accuracy after training: {pct(summary['eval_reward_accuracy_end'])}")
     lines += [
