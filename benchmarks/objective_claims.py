@@ -55,7 +55,7 @@ def main(argv: List[str]) -> int:
     noisy = write(demo_data.pairs(args.rows, seed=1, flip_rate=0.3), data / "noisy.jsonl")
     lists = write(demo_data.ranked(args.rows, seed=3), data / "lists.jsonl")
     list_pairs = write(demo_data.pairs_from_lists(demo_data.ranked(args.rows, seed=3), seed=4), data / "list_pairs.jsonl")
-    common = [f"train.max_steps={args.steps}", f"data.eval={eval_pairs}", "train.log_every=50", "cluster.num_workers=2"]
+    common = [f"train.max_steps={args.steps}", f"data.eval={eval_pairs}", "cluster.num_workers=2"]
     runs = {
         "dpo_clean": ["objective=dpo", f"data.train={clean}"],
         "dpo_flip30": ["objective=dpo", f"data.train={noisy}"],

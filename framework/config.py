@@ -71,7 +71,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 10
     seed: int = 0
-    log_every: int = 10
+    report_every: int = 0  # steps between metric-only reports to Ray Train (0: only with checkpoints)
     eval_at_start: bool = True
     eval_at_end: bool = True
     checkpoint_every: int = 0  # steps; 0 = only at the end

@@ -69,6 +69,7 @@ def summarise(output: Path, result: Any, wall: float) -> Dict[str, Any]:
         "steps": len(steps),
         "wall_time_s": round(wall, 1),
         "tokens_per_s": round(sum(r["tokens_per_s"] for r in tail) / max(1, len(tail)), 1),
+        "tokens_per_s_wall": _wall_rate(steps),
         "final_loss": steps[-1]["loss"] if steps else None,
         "skipped_steps": steps[-1].get("skipped_steps", 0) if steps else 0,
         "eval_accuracy_start": start.get("eval/policy_accuracy@start"),
@@ -79,6 +80,14 @@ def summarise(output: Path, result: Any, wall: float) -> Dict[str, Any]:
         "tensorboard": str(output / "tensorboard"),
     }
     return summary
+
+
+def _wall_rate(steps: list) -> Any:
+    """Tokens per second between the first and last step's end (includes data, logging, reporting, saving)."""
+    timed = [r for r in steps if "wall_clock" in r]
+    if len(timed) < 2 or timed[-1]["wall_clock"] <= timed[0]["wall_clock"]:
+        return None
+    return round(sum(r["tokens"] for r in timed[1:]) / (timed[-1]["wall_clock"] - timed[0]["wall_clock"]), 1)
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
@@ -96,7 +105,9 @@ def format_summary(summary: Dict[str, Any]) -> str:
     lines += [
         f"  steps: {summary['steps']} (skipped non-finite: {summary['skipped_steps']}), final loss {summary['final_loss']:.4f}"
         if summary["final_loss"] is not None else f"  steps: {summary['steps']}",
-        f"  wall time: {summary['wall_time_s']:.1f} s, throughput: {summary['tokens_per_s']:.0f} tokens/s (all workers)",
+        f"  wall time: {summary['wall_time_s']:.1f} s, throughput: {summary['tokens_per_s']:.0f} tokens/s in steps"
+        + (f", {summary['tokens_per_s_wall']:.0f} tokens/s end to end" if summary.get("tokens_per_s_wall") else "")
+        + " (all workers)",
         f"  HF export:  {summary.get('export', 'not written')}",
         f"  checkpoint: {summary['checkpoint']}",
         f"  metrics:    {summary['metrics']}  (TensorBoard: {summary['tensorboard']})",

@@ -21,12 +21,12 @@ class RayReporter:
     Restore: the checkpoint Ray hands back after a worker-group restart (`ray.train.get_checkpoint()`, the
     newest of this run) wins over `resume_from` (the `resume=` of a new run)."""
 
-    def __init__(self, output_dir: str, rank: int, world_size: int, log_every: int, barrier: Callable[[], None],
+    def __init__(self, output_dir: str, rank: int, world_size: int, report_every: int, barrier: Callable[[], None],
                  resume_from: Optional[str] = None) -> None:
         import ray.train
 
         self.output_dir, self.rank, self.world_size = Path(output_dir), rank, world_size
-        self.log_every, self.barrier = max(1, log_every), barrier
+        self.report_every, self.barrier = report_every, barrier
         self._scratch: List[str] = []
         self._writer = None
         if rank == 0:
@@ -76,7 +76,9 @@ class RayReporter:
                              checkpoint_upload_fn=make_publisher(step, self.rank, self.world_size, self.barrier))
             shutil.rmtree(checkpoint_dir, ignore_errors=True)  # published (synchronously); local copy not needed
             self._scratch.remove(checkpoint_dir)
-        elif step % self.log_every == 0:
+        elif self.report_every and step % self.report_every == 0:
+            # Metrics-only reports are optional (metrics.jsonl has every step): Ray Train 2.60 gives each worker a
+            # one-slot result queue that the controller drains every ~2 s, so each report can block that long.
             ray.train.report(metrics)
 
     def close(self) -> None:

@@ -98,7 +98,7 @@ def train_worker(payload: Dict[str, Any]) -> None:
     eval_batches = _eval_batches(paths.get("eval_store"), rank, world, cfg, tokenizer.pad_token_id)
     runner = StepRunner(seam, engine, reference, objective, tokenizer.pad_token_id, cfg.data.max_length,
                         cfg.data.max_prompt_length)
-    reporter = RayReporter(cfg.output_dir, rank, world, cfg.train.log_every, seam.barrier, payload.get("resume_from"))
+    reporter = RayReporter(cfg.output_dir, rank, world, cfg.train.report_every, seam.barrier, payload.get("resume_from"))
     try:
         TrainLoop(runner, builder, store, sampler, cfg.train, reporter, eval_batches).run()
         _write_probe(cfg.output_dir, rank, runner, eval_batches)

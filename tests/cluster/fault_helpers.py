@@ -18,7 +18,7 @@ from tests.conftest import compose
 ROWS, WORKERS, MICRO, STEPS = 20, 2, 4, 10
 STEPS_PER_EPOCH = -(-ROWS // (WORKERS * MICRO))
 BASE = [f"data.demo_train_rows={ROWS}", "data.demo_eval_rows=8", f"train.max_steps={STEPS}", "train.warmup_steps=3",
-        "train.lr=3e-3", "train.log_every=1", "train.eval_at_start=false", "train.eval_at_end=false",
+        "train.lr=3e-3", "train.eval_at_start=false", "train.eval_at_end=false",
         "train.export=false", "train.checkpoint_every=2", "train.keep_checkpoints=3", "deepspeed=zero2",
         f"cluster.num_workers={WORKERS}", f"train.micro_batch_size={MICRO}"]
 _REFERENCE: Dict[str, Any] = {}

@@ -14,7 +14,7 @@ from tests.conftest import compose
 
 pytestmark = pytest.mark.slow
 SMALL = ["data.demo_train_rows=24", "data.demo_eval_rows=16", "train.micro_batch_size=4", "train.max_steps=3",
-         "train.log_every=1", "train.eval_at_start=false", "train.warmup_steps=0", "cluster.num_workers=2"]
+         "train.eval_at_start=false", "train.warmup_steps=0", "cluster.num_workers=2"]
 
 
 def _train(tmp: Path, tiny: str, objective: str, *extra: str) -> dict:

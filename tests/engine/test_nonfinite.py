@@ -96,7 +96,7 @@ def nan_run(tmp_path_factory, tiny_model_dir, ray_local):
     output = root / "run"
     cfg = compose([f"data.train={data['store']}", "data.use_stored_reference=require", f"model.path={tiny_model_dir}",
                    f"output_dir={output}", f"train.max_steps={MAX_STEPS}", "train.checkpoint_every=1",
-                   "train.keep_checkpoints=20", f"train.max_nonfinite_steps={IN_A_ROW}", "train.log_every=1",
+                   "train.keep_checkpoints=20", f"train.max_nonfinite_steps={IN_A_ROW}",
                    "train.eval_at_start=false", "train.eval_at_end=false", "train.export=false", "train.lr=1e-3",
                    f"cluster.num_workers={WORKERS}", f"train.micro_batch_size={MICRO}", "deepspeed=zero2"])
     with pytest.raises(Exception) as failure:

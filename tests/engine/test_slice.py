@@ -17,7 +17,7 @@ from tests.conftest import compose
 
 pytestmark = pytest.mark.slow
 BASE = ["data.demo_train_rows=16", "data.demo_eval_rows=32", "train.max_steps=5", "train.warmup_steps=0",
-        "train.lr=3e-3", "train.log_every=1", "train.eval_at_start=false"]
+        "train.lr=3e-3", "train.eval_at_start=false"]
 
 
 def _run(tmp: Path, tiny: str, name: str, overrides: List[str]) -> Dict:
