@@ -30,7 +30,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 HH = REPO.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test-part.jsonl.gz"
 READER_STEPS = 2000
-TRAIN_STEPS_PER_SECOND = 15.0  # TRL DPO on the tiny model, batch 8 (../shared/PLATFORM.md): what a step consumes
+# What a step consumes: alignray DPO on the tiny model, 1 worker, batch 8: 10,470 tokens/s / 250 tokens per
+# step ≈ 42 steps/s (results/train-throughput-2026-11-24.json; PLATFORM.md's ~15 steps/s for TRL is stale).
+TRAIN_STEPS_PER_SECOND = 42.0
 
 
 def _input_rows(rows: int) -> List[Dict[str, str]]:
