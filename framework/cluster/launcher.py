@@ -188,13 +188,6 @@ def resume_checkpoint(cfg: RunConfig) -> Optional[str]:
     return path
 
 
-def latest_checkpoint(storage: str) -> Optional[str]:
-    """Newest committed checkpoint under a run's storage (see `framework.cluster.checkpoints`)."""
-    from framework.cluster.checkpoints import latest_checkpoint as latest
-
-    return latest(storage)
-
-
 def shutdown() -> None:
     import ray
 
