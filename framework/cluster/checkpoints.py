@@ -133,6 +133,27 @@ def committed_checkpoints(storage: str) -> List[str]:
     return [path for _, _, path in sorted(found)]
 
 
+def newest_in_run(checkpoint_path: str) -> str:
+    """The newest committed checkpoint of the run `checkpoint_path` belongs to (by step). Ray registers a
+    checkpoint only when its controller next polls the workers (~every 2 s), so after a fast failure the one it
+    hands back can be older than the last one this run committed; both are complete, the newer loses less."""
+    import pyarrow.fs
+
+    if "://" in checkpoint_path:
+        fs, path = pyarrow.fs.FileSystem.from_uri(checkpoint_path)
+        prefix = checkpoint_path[: len(checkpoint_path) - len(path)]
+    else:
+        fs, path, prefix = pyarrow.fs.LocalFileSystem(), checkpoint_path, ""
+    run_dir = path.rstrip("/").rsplit("/", 1)[0]
+    best, best_step = checkpoint_path, int((commit_record(checkpoint_path) or {}).get("step", -1))
+    for entry in fs.get_file_info(pyarrow.fs.FileSelector(run_dir, allow_not_found=True)):
+        if entry.type == pyarrow.fs.FileType.Directory and entry.base_name.startswith("checkpoint-"):
+            record = commit_record(prefix + entry.path)
+            if record is not None and int(record.get("step", -1)) > best_step:
+                best, best_step = prefix + entry.path, int(record["step"])
+    return best
+
+
 def latest_checkpoint(storage: str) -> Optional[str]:
     """The most recently committed checkpoint under `storage`, or None. Staging and half-copied
     directories (a crash during a save) have no commit record and are never returned."""

@@ -18,8 +18,8 @@ class RayReporter:
     TensorBoard events. Checkpoints: each rank writes its ZeRO partition to a local scratch dir;
     `checkpoints.make_publisher` uploads and publishes them atomically through `ray.train.report`.
 
-    Restore: the checkpoint Ray hands back after a worker-group restart (`ray.train.get_checkpoint()`, the
-    newest of this run) wins over `resume_from` (the `resume=` of a new run)."""
+    Restore: after a worker-group restart, the newest committed checkpoint of this run (at least as new as the
+    one `ray.train.get_checkpoint()` hands back) wins over `resume_from` (the `resume=` of a new run)."""
 
     def __init__(self, output_dir: str, rank: int, world_size: int, report_every: int, barrier: Callable[[], None],
                  resume_from: Optional[str] = None) -> None:
@@ -34,8 +34,12 @@ class RayReporter:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+        from framework.cluster.checkpoints import newest_in_run
+
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None and resume_from:
+        if checkpoint is not None:  # a restart of this run: its newest committed checkpoint
+            checkpoint = ray.train.Checkpoint(newest_in_run(checkpoint.path))
+        elif resume_from:
             checkpoint = ray.train.Checkpoint(resume_from)
         self._restored: Optional[str] = None
         self.restored_from = checkpoint.path if checkpoint is not None else None
