@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -22,6 +22,13 @@ def log_ratios(policy: SequenceStats, reference: Optional[SequenceStats], mean: 
     if mean:
         return policy.mean_logps - reference.mean_logps
     return policy.logps - reference.logps
+
+
+def implicit_rewards(policy: SequenceStats, reference: Optional[SequenceStats], beta: float) -> Tuple[Tensor, Tensor]:
+    """DPO's implicit rewards β·ρ(y_w), β·ρ(y_l) ([B] each) of a pairwise batch; checks the [B, 2] layout."""
+    check_pairwise(policy)
+    rho = log_ratios(policy, reference)
+    return beta * rho[:, 0], beta * rho[:, 1]
 
 
 def pairwise_metrics(policy: SequenceStats, chosen_rewards: Tensor, rejected_rewards: Tensor) -> Dict[str, Tensor]:

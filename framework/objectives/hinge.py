@@ -10,7 +10,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from framework.objectives._common import check_pairwise, check_positive, log_ratios, pairwise_metrics
+from framework.objectives._common import check_positive, implicit_rewards, pairwise_metrics
 from framework.objectives.base import Objective, ObjectiveOutput, SequenceStats, register_objective
 
 
@@ -27,8 +27,6 @@ class Hinge(Objective):
         self.beta = float(beta)
 
     def loss(self, policy: SequenceStats, reference: Optional[SequenceStats], batch: Mapping[str, Any]) -> ObjectiveOutput:
-        check_pairwise(policy)
-        rho = log_ratios(policy, reference)
-        chosen, rejected = self.beta * rho[:, 0], self.beta * rho[:, 1]
+        chosen, rejected = implicit_rewards(policy, reference, self.beta)
         losses = torch.relu(1.0 - (chosen - rejected))
         return ObjectiveOutput(losses, pairwise_metrics(policy, chosen, rejected))

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Optional
 
 import torch.nn.functional as F
 
-from framework.objectives._common import check_pairwise, check_positive, log_ratios, pairwise_metrics
+from framework.objectives._common import check_positive, implicit_rewards, pairwise_metrics
 from framework.objectives.base import Objective, ObjectiveOutput, SequenceStats, register_objective
 
 
@@ -31,9 +31,7 @@ class RobustDPO(Objective):
         self.label_smoothing = float(label_smoothing)
 
     def loss(self, policy: SequenceStats, reference: Optional[SequenceStats], batch: Mapping[str, Any]) -> ObjectiveOutput:
-        check_pairwise(policy)
-        rho = log_ratios(policy, reference)
-        chosen, rejected = self.beta * rho[:, 0], self.beta * rho[:, 1]
+        chosen, rejected = implicit_rewards(policy, reference, self.beta)
         logits = chosen - rejected
         eps = self.label_smoothing
         losses = ((1 - eps) * F.softplus(-logits) - eps * F.softplus(logits)) / (1 - 2 * eps)
