@@ -38,7 +38,9 @@ class DataConfig:
     demo_eval_rows: int = 256
     use_stored_reference: str = "auto"  # auto | never | require
     self_samples: int = 4  # D2O: samples per prompt drawn by `store add-samples` when the store has none
-    aligned_models: Optional[List[str]] = None  # PoFT: aligned LMs for `store add-aligned-logps`; None = the model
+    aligned_models: Optional[List[str]] = None  # PoFT: aligned LMs for `store add-aligned-logps` (required for poft)
+    udm: bool = False  # BCO: weight undesirable examples by the UDM prompt density ratio (`store add-udm-weights`)
+    udm_model: Optional[str] = None  # BCO UDM: model whose mean-pooled hidden states embed prompts; None = the model
 
 
 @dataclasses.dataclass
@@ -60,6 +62,8 @@ class ClusterConfig:
     num_cpus: Optional[int] = None  # logical CPUs for the embedded Ray; None = enough for workers + Ray Data
     max_failures: int = 0  # Ray Train restarts of the worker group after a failure
     storage_path: Optional[str] = None  # Ray Train storage (checkpoints); None = <output_dir>/ray
+    placement_timeout_s: float = 300.0  # fail when the workers' placement group cannot be placed within this
+    allow_oversubscribe: bool = False  # embedded Ray: warn instead of refusing more CPUs/memory than the machine has
 
 
 @dataclasses.dataclass
@@ -79,6 +83,7 @@ class TrainConfig:
     max_nonfinite_steps: int = 3  # consecutive non-finite losses before the run stops
     length_grouping: bool = True
     export: bool = True
+    checkpoint_on_interrupt: bool = True  # SIGINT/SIGTERM: finish the current step, checkpoint, then stop
 
 
 @dataclasses.dataclass
