@@ -6,7 +6,9 @@ prefer the chosen answer is to read the prompt: a policy must learn the promptâ†
 Good and bad responses have the same number of words, so summed log-probs are not biased by length.
 
 Three shapes of the same rule: pairs (prompt/chosen/rejected), ranked lists (responses with scores = share of
-on-topic words) and binary feedback (prompt/completion/label).
+on-topic words) and binary feedback (prompt/completion/label). A fourth, `multi`, adds a second objective that
+conflicts with the first: "topic" counts on-topic words (more is better) while "brevity" prefers fewer words, and
+covering more of the topic takes more words, so no response wins both on most rows.
 """
 
 from __future__ import annotations
@@ -75,6 +77,35 @@ def binary(n: int, seed: int) -> Iterator[dict]:
         yield {"prompt": prompt, "completion": _response(rng, topic, RESPONSE_WORDS if good else 0), "label": good}
 
 
+MULTI_OBJECTIVES = ["topic", "brevity"]
+
+
+def _words(rng: random.Random, topic: str, on_topic: int, length: int) -> str:
+    others = [t for t in TOPICS if t != topic]
+    words = rng.sample(TOPICS[topic], on_topic) + [rng.choice(TOPICS[rng.choice(others)]) for _ in range(length - on_topic)]
+    rng.shuffle(words)
+    return " ".join(words) + " ."
+
+
+def multi(n: int, seed: int, agree_rate: float = 0.2) -> Iterator[dict]:
+    """Two responses scored on two conflicting objectives (`objective_scores` [2][2], names "topic", "brevity").
+
+    On most rows the longer response has more on-topic words (topic prefers it, brevity the other one); on an
+    `agree_rate` share the shorter one is also more on topic, so both objectives agree there."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        topic, prompt = _prompt(rng)
+        short_len, long_len = rng.randint(2, 4), rng.randint(6, 9)
+        short_on, long_on = rng.randint(0, 1), rng.randint(short_len + 1, min(long_len, len(TOPICS[topic])))
+        if rng.random() < agree_rate:
+            short_on, long_on = short_len, rng.randint(0, short_len - 1)
+        responses = [(_words(rng, topic, long_on, long_len), long_on, long_len),
+                     (_words(rng, topic, short_on, short_len), short_on, short_len)]
+        rng.shuffle(responses)
+        yield {"prompt": prompt, "responses": [r[0] for r in responses], "objective_names": MULTI_OBJECTIVES,
+               "objective_scores": [[float(on), -float(length)] for _, on, length in responses]}
+
+
 def pairs_from_lists(lists: Iterator[dict], seed: int, all_pairs: bool = False) -> Iterator[dict]:
     """Pairs drawn from ranked lists (higher score = chosen): one random pair per list, or every ordered pair."""
     rng = random.Random(seed)
@@ -85,7 +116,7 @@ def pairs_from_lists(lists: Iterator[dict], seed: int, all_pairs: bool = False) 
             yield {"prompt": row["prompt"], "chosen": row["responses"][a], "rejected": row["responses"][b]}
 
 
-SHAPES = {"pairwise": pairs, "ranked": ranked, "binary": binary}
+SHAPES = {"pairwise": pairs, "ranked": ranked, "binary": binary, "multi": multi}
 
 
 def write_jsonl(rows: Iterator[dict], path: Path) -> Path:

@@ -32,6 +32,7 @@ class BatchBuilder:
     - pairwise / listwise: all K responses; listwise gets `scores` (list order when the store has none).
     - binary: the one completion and `labels`; with `self_samples` (D2O) the completion is followed by the
       stored self-samples.
+    - multi: the K = 2 responses and `objective_scores` [B, 2, M] with `objective_names` (the same in every row).
     - sft: one response per row — chosen (pairwise), best-scored (ranked) or the completion of a desirable
       row (binary: undesirable rows get weight 0, so they are counted out, not silently dropped).
     """
@@ -58,6 +59,8 @@ class BatchBuilder:
             annotations["scores"] = torch.tensor(
                 [(list(s) if s is not None else [float(len(r) - i) for i in range(len(r))]) + [0.0] * (k - len(r))
                  for s, r in zip(scores, responses)], dtype=torch.float64)
+        if self.feedback == "multi":
+            annotations.update(_objective_annotations(cols))
         if cols.get("label") is not None and any(v is not None for v in cols["label"]):
             annotations["labels"] = torch.tensor([bool(v) for v in cols["label"]])
         if "aligned_logps" in self.requires:
@@ -92,3 +95,14 @@ class BatchBuilder:
             if label is False:
                 weights[i] = 0.0
         return [[row[j]] for row, j in zip(responses, keep)], keep
+
+
+def _objective_annotations(cols: Dict[str, List[Any]]) -> Dict[str, Any]:
+    """Multi-objective scores [B, K, M] and the objective names, which every row of a batch must share."""
+    names, scores = cols.get("objective_names"), cols.get("objective_scores")
+    if not names or scores is None or any(s is None for s in scores):
+        raise ValueError("this objective needs multi-objective rows (objective_scores): build the store with --kind multi")
+    if any(list(n) != list(names[0]) for n in names):
+        raise ValueError(f"rows of one batch name different objectives: {list(names[0])} vs "
+                         f"{next(list(n) for n in names if list(n) != list(names[0]))}")
+    return {"objective_scores": torch.tensor(scores, dtype=torch.float64), "objective_names": list(names[0])}

@@ -92,7 +92,7 @@ def test_unknown_config_key_fails():
 def _random_inputs(obj, batch=4, seed=0):
     """Policy (a leaf with grad), reference and batch annotations fitting the objective's declared needs."""
     gen = torch.Generator().manual_seed(seed)
-    k = {"pairwise": 2, "listwise": 4, "binary": 1, "sft": 1}[obj.feedback]
+    k = {"pairwise": 2, "listwise": 4, "binary": 1, "sft": 1, "multi": 2}[obj.feedback]
     if "self_samples" in obj.requires:
         k = 4
     lengths = torch.randint(1, 30, (batch, k), generator=gen).to(torch.float64)
@@ -107,6 +107,8 @@ def _random_inputs(obj, batch=4, seed=0):
     policy = SequenceStats(logps, lengths, **extra)
     reference = SequenceStats(ref_logps, lengths, **{key: v.detach() - 1.0 for key, v in extra.items()})
     data = {"scores": torch.rand(batch, k, generator=gen, dtype=torch.float64), "labels": torch.arange(batch) % 2 == 0}
+    if obj.feedback == "multi":
+        data["objective_scores"] = torch.randn(batch, k, 2, generator=gen, dtype=torch.float64)
     if "mismatched" in obj.requires:
         data["mismatched_policy"] = SequenceStats(ref_logps[:, :1] + 0.5, lengths[:, :1])
         data["mismatched_reference"] = SequenceStats(ref_logps[:, :1], lengths[:, :1])
