@@ -160,9 +160,10 @@ def main(argv: List[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from framework.model.demo import demo_tokenizer_path
     from framework.store.tokenize import resolve_tokenizer_path
 
-    tokenizer_dir = resolve_tokenizer_path(args.tokenizer)
+    tokenizer_dir = resolve_tokenizer_path(args.tokenizer or str(demo_tokenizer_path()))
     import transformers  # noqa: F401  (imported once, outside both timings: both ingests need it)
     env_before = _environment()
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,10 +10,12 @@ import dataclasses
 import inspect
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
 
+from framework.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad config value; the message names the key."""
 
 
@@ -184,4 +186,29 @@ def from_dict(raw: Mapping[str, Any]) -> RunConfig:
         raise ConfigError("data.max_prompt_length must be smaller than data.max_length")
     if config.deepspeed.zero_stage == 0 and config.deepspeed.offload_optimizer:
         raise ConfigError("deepspeed.offload_optimizer needs deepspeed.zero_stage >= 1")
+    if config.data.udm and config.objective_name != "bco":
+        raise ConfigError(f"data.udm=true needs objective=bco (UDM weights only weight BCO's undesirable examples), "
+                          f"not objective={config.objective_name}")
+    _check_stored_reference(config)
+    if "mismatched" in objective_class_requires(config.objective_name) and config.train.micro_batch_size < 2:
+        raise ConfigError(f"objective={config.objective_name} needs train.micro_batch_size >= 2 (its mismatched "
+                          "completions come from the other examples of the micro-batch)")
     return config
+
+
+def objective_class_requires(name: str) -> tuple:
+    """The registered objective's declared extra inputs (before any instance narrows them)."""
+    from framework.objectives import objective_class
+
+    return tuple(objective_class(name).requires)
+
+
+def _check_stored_reference(config: RunConfig) -> None:
+    """A store holds response log-probs only; objectives needing more cannot `require` a stored reference."""
+    from framework.objectives import build_objective
+
+    live = build_objective(config.objective_name, **config.objective_hparams).live_reference_inputs()
+    if live and config.data.use_stored_reference == "require":
+        raise ConfigError(f"data.use_stored_reference=require, but objective={config.objective_name} needs reference "
+                          f"{', '.join(live)}, which a store does not hold",
+                          "set data.use_stored_reference=auto (the reference model then runs live)")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
-from framework.config import RunConfig
+from framework.config import ConfigError, RunConfig
+from framework.errors import UserError
 
 log = logging.getLogger(__name__)
 FEEDBACK_TO_KIND = {"pairwise": "pairwise", "listwise": "ranked", "binary": "binary", "multi": "multi", "sft": "pairwise"}
@@ -43,8 +45,8 @@ def _store_from(sources: str, out: Path, tokenizer: str, kind: Optional[str], cf
     if is_store(sources):
         version = open_store(sources)
         if version.manifest.get("tokenizer", {}).get("sha256") != expected_tokenizer:
-            raise ValueError(f"store {sources} was tokenized with {version.manifest.get('tokenizer', {}).get('path')}, "
-                             f"not with the model's tokenizer {tokenizer}; rebuild it with --tokenizer {tokenizer}")
+            raise UserError(f"store {sources} was tokenized with {version.manifest.get('tokenizer', {}).get('path')}, "
+                            f"not with the model's tokenizer {tokenizer}", f"rebuild it with --tokenizer {tokenizer}")
         return str(version.path)
     paths = [s for s in sources.split(",") if s]
     wanted = {"sources": sorted(source_fingerprint(p)["sha256"] for p in paths), "tokenizer": expected_tokenizer,
@@ -73,6 +75,72 @@ def _ray_running() -> bool:
     return bool(ray is not None and ray.is_initialized())
 
 
+def _check_sources(key: str, sources: Optional[str]) -> None:
+    """Every comma-separated data path exists, is readable and has a known format (or is a store)."""
+    from framework.store.sources import source_format
+
+    for path in [s for s in (sources or "").split(",") if s]:
+        if not Path(path).exists():
+            raise UserError(f"{key}={path}: no such file or directory",
+                            "pass JSONL(.gz/.zst), Parquet, a save_to_disk dataset or a store directory")
+        if not os.access(path, os.R_OK):
+            raise UserError(f"{key}={path}: not readable (permission denied)", "fix the file's permissions")
+        if not is_store(path):
+            source_format(path)
+
+
+def _check_resume(resume: Optional[str]) -> None:
+    """resume=PATH names a committed checkpoint (resume=auto is resolved later, from the run's storage)."""
+    from framework.cluster.checkpoints import require_committed
+
+    if not resume or resume == "auto":
+        return
+    if "://" not in resume and not Path(resume).is_dir():
+        raise UserError(f"resume={resume}: no such checkpoint directory",
+                        "use resume=auto, or a checkpoint-NNNNNN directory of an earlier run")
+    try:
+        require_committed(resume if "://" in resume else str(Path(resume).resolve()))
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """User-given paths, checked on the driver before any store build or Ray start, so a typo costs a second."""
+    from framework.model.loading import check_model_source, check_tokenizer_source
+
+    _check_sources("data.train", cfg.data.train)
+    _check_sources("data.eval", cfg.data.eval)
+    if cfg.model.path:
+        check_model_source(cfg.model.path, "model.path")
+    if cfg.model.reference_path:
+        check_model_source(cfg.model.reference_path, "model.reference_path")
+    for aligned in cfg.data.aligned_models or []:
+        check_model_source(aligned, "data.aligned_models")
+    if cfg.data.udm_model:
+        check_model_source(cfg.data.udm_model, "data.udm_model")
+    if cfg.data.tokenizer:
+        check_tokenizer_source(cfg.data.tokenizer, "data.tokenizer")
+    elif cfg.model.path:
+        check_tokenizer_source(cfg.model.path, "model.path")
+    _check_resume(cfg.resume)
+    _check_aligned_models(cfg)
+
+
+def _check_aligned_models(cfg: RunConfig) -> None:
+    """PoFT weighs examples by aligned LMs other than the policy (the policy itself would start every weight τ at
+    0.5): they must be named, unless data.train is a store that already holds their log-probs."""
+    from framework.objectives import objective_class
+    from framework.store import open_store
+
+    if "aligned_logps" not in objective_class(cfg.objective_name).requires or cfg.data.aligned_models:
+        return
+    if cfg.data.train and is_store(cfg.data.train) and "aligned_logps" in open_store(cfg.data.train).columns:
+        return
+    raise ConfigError(f"objective={cfg.objective_name} needs data.aligned_models (data.train={cfg.data.train} holds "
+                      "no aligned_logps)", "set data.aligned_models=[DIR,...] to aligned models other than the "
+                      "policy, or train on a store made with `alignray store add-aligned-logps`")
+
+
 def prepare(cfg: RunConfig) -> Prepared:
     """Resolve paths and build stores; everything lands under `cfg.output_dir` unless configured elsewhere."""
     from framework import demo_data
@@ -91,7 +159,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     if train is None:
         make = demo_data.SHAPES.get(kind)
         if make is None:
-            raise ValueError(f"no built-in demo data for kind {kind!r}; set data.train")
+            raise UserError(f"no built-in demo data for kind {kind!r}", "set data.train")
         rows = make(cfg.data.demo_train_rows, seed=1)
         if "self_samples" in requires:  # D2O learns from human negatives only
             rows = (row for row in rows if not row["label"])
@@ -106,13 +174,15 @@ def prepare(cfg: RunConfig) -> Prepared:
 
 
 def _add_model_columns(store_path: str, requires: tuple, model_path: str, cfg: RunConfig) -> str:
-    """Columns some objectives need that come from models: D2O's self-samples, PoFT's aligned log-probs."""
+    """Columns some objectives need that come from models: D2O's self-samples, PoFT's aligned log-probs,
+    BCO's UDM weights (`data.udm`)."""
     from framework.cluster import store_passes
     from framework.cluster.launcher import ensure_ray
     from framework.store import open_store
 
     columns = open_store(store_path).table().column_names
-    if {"self_samples", "aligned_logps"} & set(requires):
+    udm = cfg.data.udm and "udm_weights" not in columns
+    if {"self_samples", "aligned_logps"} & set(requires) or udm:
         ensure_ray(cfg)
     workers = cfg.cluster.num_workers
     if "self_samples" in requires and "self_sample_ids" not in columns:
@@ -120,7 +190,16 @@ def _add_model_columns(store_path: str, requires: tuple, model_path: str, cfg: R
         store_path = str(store_passes.add_samples(store_path, model_path, k=cfg.data.self_samples, num_workers=workers,
                                                   max_prompt_length=cfg.data.max_prompt_length).path)
     if "aligned_logps" in requires and "aligned_logps" not in columns:
-        models = cfg.data.aligned_models or [model_path]
+        models = cfg.data.aligned_models
         log.warning("store has no aligned-LM log-probs: computing them with %s", ", ".join(models))
         store_path = str(store_passes.add_aligned_logps(store_path, models, num_workers=workers).path)
+    if udm:
+        embedder = cfg.data.udm_model or model_path
+        log.warning("store has no UDM weights: fitting the prompt classifier on embeddings from %s", embedder)
+        version = store_passes.add_udm_weights(store_path, embedder, seed=cfg.train.seed, num_workers=workers,
+                                               max_prompt_length=cfg.data.max_prompt_length)
+        udm_info = version.manifest["udm"]
+        log.info("UDM classifier accuracy %.3f; weights in [%.3g, %.3g]", udm_info["accuracy"],
+                 udm_info["weight_min"], udm_info["weight_max"])
+        store_path = str(version.path)
     return store_path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import Any, Dict
@@ -15,23 +16,47 @@ log = logging.getLogger(__name__)
 
 def train(cfg: RunConfig) -> Dict[str, Any]:
     """Run training; returns the summary (also written to `<output_dir>/summary.json`)."""
-    from framework.cluster import launcher
-    from framework.data_prep import prepare
+    from framework.cluster import feasibility, interrupt, launcher
+    from framework.cluster.checkpoints import checkpoint_name
+    from framework.data_prep import check_inputs, prepare
 
+    check_inputs(cfg)  # paths, data and models the user named: a typo fails in a second, with one line
+    feasibility.check_embedded(cfg)  # before data prep and Ray: an impossible run is refused at once
     started = time.perf_counter()
     output = Path(cfg.output_dir).resolve()
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.jsonl").unlink(missing_ok=True) if not cfg.resume else None
     prepared = prepare(cfg)  # before Ray starts: store builds fork tokenizer workers
-    result = launcher.fit(cfg, prepared)
-    if result.error is not None:
-        raise result.error
+    result = _fit(launcher, cfg, prepared)
     summary = summarise(output, result, time.perf_counter() - started)
     summary["plot"] = _plot(output, cfg)
-    if cfg.train.export and result.checkpoint is not None:
+    signum = interrupt.requested_signal()
+    reached = _last_step(output)
+    if signum is not None and reached < cfg.train.max_steps:
+        # Stopped by SIGINT/SIGTERM: `checkpoint` is the newest one to resume from (not exported).
+        saved = result.checkpoint is not None and Path(result.checkpoint.path).name == checkpoint_name(reached)
+        summary["interrupted"] = {"signal": signal.Signals(signum).name, "step": reached, "checkpoint_at_stop": saved}
+    elif cfg.train.export and result.checkpoint is not None:
         summary["export"] = str(export(cfg, prepared, result.checkpoint))
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _fit(launcher: Any, cfg: RunConfig, prepared: Any) -> Any:
+    """Ray Train raises a worker's error wrapped (WorkerGroupError); a user error inside it is raised as itself,
+    so the CLI still shows it as one line."""
+    from framework.errors import find_user_error
+
+    try:
+        result = launcher.fit(cfg, prepared)
+        if result.error is not None:
+            raise result.error
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None or user_error is error:
+            raise
+        raise user_error from error
+    return result
 
 
 def _plot(output: Path, cfg: RunConfig) -> Any:
@@ -82,6 +107,12 @@ def summarise(output: Path, result: Any, wall: float) -> Dict[str, Any]:
     return summary
 
 
+def _last_step(output: Path) -> int:
+    """The last optimizer step in metrics.jsonl (step lines carry `lr`; a non-finite step has no loss)."""
+    rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return max((int(r["step"]) for r in rows if "lr" in r), default=0)
+
+
 def _wall_rate(steps: list) -> Any:
     """Tokens per second between the first and last step's end (includes data, logging, reporting, saving)."""
     timed = [r for r in steps if "wall_clock" in r]
@@ -114,4 +145,8 @@ def format_summary(summary: Dict[str, Any]) -> str:
     ]
     if summary.get("plot"):
         lines.append(f"  plot:       {summary['plot']}")
+    stop = summary.get("interrupted")
+    if stop:
+        saved = "checkpoint written" if stop["checkpoint_at_stop"] else "no checkpoint written at this step"
+        lines.append(f"  interrupted by {stop['signal']} after step {stop['step']}: {saved}")
     return "\n".join(lines)

@@ -4,7 +4,8 @@
     alignray job status|logs|stop [--address URL] JOB_ID      alignray job list [--address URL]
 
 The address defaults to RAY_API_SERVER_ADDRESS / RAY_ADDRESS; the token to RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH
-or ~/.ray/auth_token (see framework/cluster/jobs.py). Errors print one line and exit 1; usage errors exit 2.
+or ~/.ray/auth_token (see framework/cluster/jobs.py). Failures raise JobsError, which launch/cli.py prints as one
+line (exit 2); a job that ends other than SUCCEEDED exits 1.
 """
 
 from __future__ import annotations
@@ -58,9 +59,10 @@ def _submit(argv: List[str]) -> int:
         print(f"alignray: warning: {override} is relative; it lands in the job's temporary working dir "
               "(use a path or URI the cluster shares)", file=sys.stderr)
 
+    runtime_env = jobs.build_runtime_env(working_dir, env_vars)  # local checks before contacting the cluster
     session = jobs.JobsSession(args.address)
     entrypoint = args.entrypoint or jobs.train_entrypoint(overrides)
-    job_id = session.submit(entrypoint, jobs.build_runtime_env(working_dir, env_vars), args.job_id)
+    job_id = session.submit(entrypoint, runtime_env, args.job_id)
     print(job_id, flush=True)
     if not args.wait:
         return 0
@@ -78,8 +80,8 @@ def _follow(session: jobs.JobsSession, job_id: str) -> int:
         print(f"\nalignray: detached; the job keeps running (alignray job stop {job_id})", file=sys.stderr)
         return 130
     info = session.info(job_id)
-    print(f"alignray: job {job_id} {state}" + (f": {info.message}" if state != "SUCCEEDED" else ""),
-          file=sys.stderr)
+    reason = (session.diagnosis(job_id, info.message) if state == "FAILED" else None) or info.message
+    print(f"alignray: job {job_id} {state}" + (f": {reason}" if state != "SUCCEEDED" else ""), file=sys.stderr)
     return 0 if state == "SUCCEEDED" else 1
 
 
@@ -102,7 +104,9 @@ def _job(argv: List[str]) -> int:
     session = jobs.JobsSession(args.address)
     if args.action == "status":
         info = session.info(args.job_id)
-        print(f"{info.status.value}" + (f": {info.message}" if info.message else ""))
+        failed = info.status.value == "FAILED"
+        reason = (session.diagnosis(args.job_id, info.message) if failed else None) or info.message
+        print(f"{info.status.value}" + (f": {reason}" if reason else ""))
     elif args.action == "logs":
         if args.follow:
             return _follow(session, args.job_id)
@@ -120,11 +124,7 @@ def _job(argv: List[str]) -> int:
 def main(argv: List[str]) -> int:
     """Entry from `launch.cli`: argv[0] is "submit" or "job"."""
     command, rest = (argv[0], argv[1:]) if argv else ("job", [])
-    try:
-        return _submit(rest) if command == "submit" else _job(rest)
-    except jobs.JobsError as error:
-        print(f"alignray {command}: error: {error}", file=sys.stderr)
-        return 1
+    return _submit(rest) if command == "submit" else _job(rest)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """`alignray store build|info|verify|sample ...`: build and inspect preference stores.
 
-Fatal problems print one line naming the file and exit 1 (no traceback); `verify` exits 1 on corruption.
+Fatal problems raise StoreError, which launch/cli.py prints as one line naming the file (exit 2); `verify`
+finding corruption is not an input error and exits 1.
 `add-reference`, `add-samples` and `add-aligned-logps` run models on Ray workers (launch/store_passes.py).
 """
 
@@ -12,9 +13,11 @@ import os
 import sys
 from typing import Dict, List, Optional
 
+from framework.store.errors import StoreError
+
 # Model passes run on Ray workers; their entrypoint lives with the other Ray-facing commands.
 DELEGATED = {"add-reference": "launch.store_passes", "add-samples": "launch.store_passes",
-             "add-aligned-logps": "launch.store_passes"}
+             "add-aligned-logps": "launch.store_passes", "add-udm-weights": "launch.store_passes"}
 
 
 def _column_map(pairs: List[str]) -> Dict[str, str]:
@@ -22,7 +25,7 @@ def _column_map(pairs: List[str]) -> Dict[str, str]:
     for pair in pairs:
         source, sep, field = pair.partition("=")
         if not sep or not source or not field:
-            raise SystemExit(f"alignray store: error: --map expects col=field, got {pair!r}")
+            raise StoreError(f"--map expects COL=FIELD, got {pair!r}", "e.g. --map question=prompt")
         mapping[source] = field
     return mapping
 
@@ -58,10 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _demo_tokenizer() -> str:
+    from framework.model.demo import demo_tokenizer_path
+
+    return str(demo_tokenizer_path())
+
+
 def _build(args: argparse.Namespace) -> int:
     from framework.store import build_store
 
-    build_store(args.sources, args.out, tokenizer=args.tokenizer, kind=args.kind, column_map=_column_map(args.map),
+    tokenizer = args.tokenizer or _demo_tokenizer()  # the store itself stays data-only: no default of its own
+    build_store(args.sources, args.out, tokenizer=tokenizer, kind=args.kind, column_map=_column_map(args.map),
                 max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens,
                 truncate=not args.no_truncate, num_shards=args.num_shards, num_proc=args.num_proc,
                 progress=not args.quiet)
@@ -88,22 +98,13 @@ def _verify(args: argparse.Namespace) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED:
-        try:
-            module = importlib.import_module(DELEGATED[argv[0]])
-        except ModuleNotFoundError:
-            print(f"alignray store: error: {argv[0]} is not available in this build", file=sys.stderr)
-            return 2
-        return int(module.main(argv) or 0)
+        return int(importlib.import_module(DELEGATED[argv[0]]).main(argv) or 0)
     args = _parser().parse_args(argv)
     from framework.store.show import info, sample
-    from framework.store.errors import StoreError
 
     commands = {"build": _build, "info": info, "verify": _verify, "sample": sample}
     try:
         return commands[args.command](args)
-    except StoreError as exc:
-        print(f"alignray store: error: {exc}", file=sys.stderr)
-        return 1
     except BrokenPipeError:  # `alignray store info ... | head`
         sys.stdout = open(os.devnull, "w")
         return 0

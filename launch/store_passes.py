@@ -1,10 +1,9 @@
-"""`alignray store add-reference|add-samples|add-aligned-logps DIR --model PATH ...`: model passes over a
-store on Ray workers (embedded local Ray, or `--address`), each writing a new store version."""
+"""`alignray store add-reference|add-samples|add-aligned-logps|add-udm-weights DIR --model PATH ...`: model
+passes over a store on Ray workers (embedded local Ray, or `--address`), each writing a new store version."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import List
 
 
@@ -24,6 +23,10 @@ def _parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--max-new-tokens", type=int, default=32)
         parser.add_argument("--temperature", type=float, default=1.0)
         parser.add_argument("--seed", type=int, default=0)
+    if command == "add-udm-weights":
+        parser.add_argument("--sample-size", type=int, default=1024, help="prompts per class to fit the classifier on")
+        parser.add_argument("--seed", type=int, default=0, help="seed of that sample")
+        parser.add_argument("--max-prompt-length", type=int, default=64, help="prompt tokens embedded (the last ones)")
     return parser
 
 
@@ -31,21 +34,29 @@ def main(argv: List[str]) -> int:
     command, args = argv[0], _parser(argv[0]).parse_args(argv[1:])
     from framework.cluster import store_passes
     from framework.cluster.launcher import ensure_ray_address
-    from framework.store import StoreError
+    from framework.model.loading import check_model_source
+    from framework.store import open_store
 
+    open_store(args.path)  # a missing store or model fails here, before Ray starts
+    for model in args.model if isinstance(args.model, list) else [args.model]:
+        check_model_source(model, "--model")
+    if command == "add-udm-weights":  # so does a store that is not binary or holds one class
+        store_passes.udm_sample(open_store(args.path), args.sample_size, args.seed)
     ensure_ray_address(args.address, num_cpus=max(4, args.num_workers + 2))
-    try:
-        if command == "add-reference":
-            version = store_passes.add_reference(args.path, args.model, max_length=args.max_length,
-                                                 max_prompt_length=args.max_prompt_length, dtype=args.dtype,
-                                                 num_workers=args.num_workers)
-        elif command == "add-samples":
-            version = store_passes.add_samples(args.path, args.model, k=args.k, max_new_tokens=args.max_new_tokens,
-                                               temperature=args.temperature, seed=args.seed, num_workers=args.num_workers)
-        else:
-            version = store_passes.add_aligned_logps(args.path, args.model, num_workers=args.num_workers)
-    except (StoreError, FileNotFoundError, OSError, ValueError) as err:
-        print(f"alignray store {command}: error: {err}", file=sys.stderr)
-        return 1
+    if command == "add-reference":
+        version = store_passes.add_reference(args.path, args.model, max_length=args.max_length,
+                                             max_prompt_length=args.max_prompt_length, dtype=args.dtype,
+                                             num_workers=args.num_workers)
+    elif command == "add-samples":
+        version = store_passes.add_samples(args.path, args.model, k=args.k, max_new_tokens=args.max_new_tokens,
+                                           temperature=args.temperature, seed=args.seed, num_workers=args.num_workers)
+    elif command == "add-udm-weights":
+        version = store_passes.add_udm_weights(args.path, args.model, sample_size=args.sample_size, seed=args.seed,
+                                               max_prompt_length=args.max_prompt_length, num_workers=args.num_workers)
+        udm = version.manifest["udm"]
+        print(f"UDM classifier accuracy {udm['accuracy']:.3f} (balanced, on {udm['sample_desirable']} desirable + "
+              f"{udm['sample_undesirable']} undesirable prompts); weights in [{udm['weight_min']:.3g}, {udm['weight_max']:.3g}]")
+    else:
+        version = store_passes.add_aligned_logps(args.path, args.model, num_workers=args.num_workers)
     print(f"wrote {version.path} ({version.num_rows} rows)")
     return 0

@@ -22,10 +22,13 @@ with a one-line message; the CLI prints it without a traceback.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, List, Mapping, Optional, Sequence
+
+from framework.errors import UserError
 
 if TYPE_CHECKING:  # ray is heavy; import it only where it is used.
     from ray.job_submission import JobSubmissionClient
@@ -48,10 +51,16 @@ DEFAULT_EXCLUDES: List[str] = [
 ]
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
+# Import names of alignray and its install_requires (setup.cfg). A job runs the head's Python: when that Python
+# lacks one of these, the head was started outside the alignray environment.
+ALIGNRAY_IMPORTS = ("framework", "launch", "conf", "hydra", "omegaconf", "torch", "deepspeed", "transformers",
+                    "tokenizers", "accelerate", "safetensors", "pyarrow", "tqdm", "matplotlib", "tensorboard",
+                    "zstandard", "yaml", "numpy")
+_MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
 _TOKEN_HINT = "set RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or write ~/.ray/auth_token"
 
 
-class JobsError(RuntimeError):
+class JobsError(UserError, RuntimeError):
     """A user-facing failure of a jobs operation; `str()` is one line, fit to print without a traceback."""
 
 
@@ -100,6 +109,17 @@ def resolve_address(address: Optional[str], env: Optional[Mapping[str, str]] = N
     if not resolved:
         raise JobsError("no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS")
     return resolved.rstrip("/")
+
+
+def diagnose_failure(text: str) -> Optional[str]:
+    """One line naming the cause and fix when a failed job's message or logs show that its Python could not
+    import alignray or one of its dependencies; None for any other failure."""
+    match = _MISSING_MODULE.search(text)
+    if match is None or match.group(1).split(".")[0] not in ALIGNRAY_IMPORTS:
+        return None
+    return (f"the job's Python cannot import {match.group(1)!r} (needed by alignray): jobs run with the Python the "
+            "Ray head was started from — start the head (`ray start --head`) from the alignray environment, or "
+            "run the cluster from the alignray image (docker/)")
 
 
 class _ErrorTranslator:
@@ -171,6 +191,11 @@ class JobsSession:
         """Full `JobDetails` (status, message, entrypoint, times)."""
         with self.errors():
             return self.client.get_job_info(job_id)
+
+    def diagnosis(self, job_id: str, message: Optional[str]) -> Optional[str]:
+        """For a failed job: a known cause with its fix in one line (see `diagnose_failure`) from Ray's message,
+        else from the job's logs; None when the cause is not one we recognise."""
+        return diagnose_failure(message or "") or diagnose_failure(self.logs(job_id)[-20000:])
 
     def logs(self, job_id: str) -> str:
         """Everything the job's driver has printed so far."""

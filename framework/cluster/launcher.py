@@ -5,19 +5,24 @@ This is the only module (with `worker.py` and `jobs.py`) that talks to Ray.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import signal
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
+from framework.cluster import interrupt
 from framework.config import RunConfig
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
+_embedded = False  # this process started its Ray (and so must end all of it)
 
 
 def _use_gpu(cfg: RunConfig) -> bool:
@@ -53,7 +58,8 @@ def ensure_ray_address(address: Optional[str], num_cpus: int, threads: int = 1) 
         # Inside a submitted job the job's runtime env already sets some of these; Ray refuses a conflicting
         # value, so only add what the job left unset.
         env = {k: v for k, v in env.items() if k not in os.environ}
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        with _keep_sigterm_handler():
+            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
         return
     # Seen on these machines: Ray binds the machine's interface unless told otherwise; keep it on loopback.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -62,9 +68,22 @@ def ensure_ray_address(address: Optional[str], num_cpus: int, threads: int = 1) 
     # Ray's own actors: with another Ray instance on the machine, "auto" discovery is ambiguous and fails.
     port = _free_port()
     env["RAY_API_SERVER_ADDRESS"] = f"http://{LOOPBACK}:{port}"
-    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK, dashboard_port=port,
-             _node_ip_address=LOOPBACK, runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=True,
-             logging_level=logging.WARNING)
+    with _keep_sigterm_handler():
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK, dashboard_port=port,
+                 _node_ip_address=LOOPBACK, runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=True,
+                 logging_level=logging.WARNING)
+    global _embedded
+    _embedded = True
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """ray.init installs a SIGTERM handler that exits at once; keep the one `alignray train` installed (it stops
+    the run after the current step). Without one, Ray's stays: an embedded Ray's handler ends its processes."""
+    handler = signal.getsignal(signal.SIGTERM)
+    yield
+    if callable(handler) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _free_port() -> int:
@@ -135,6 +154,9 @@ def fit(cfg: RunConfig, prepared: Any) -> Any:
 
     from framework.cluster.worker import METRICS_FILE, train_worker
 
+    # Ray Train's own knob for how long the controller waits for the workers' placement group; it propagates
+    # this variable from the driver to its controller.
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(cfg.cluster.placement_timeout_s)
     ensure_ray(cfg)
     use_gpu = _use_gpu(cfg)
     backend = cfg.cluster.backend if cfg.cluster.backend != "auto" else ("nccl" if use_gpu else "gloo")
@@ -156,14 +178,63 @@ def fit(cfg: RunConfig, prepared: Any) -> Any:
         run_config=ray.train.RunConfig(
             name=f"train-{time.strftime('%Y%m%d-%H%M%S')}-{int(time.time() * 1000) % 1000:03d}",
             storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.cluster.max_failures),
+            # A placement timeout is a controller failure, retried without limit by default: count it like a worker
+            # failure so that an unplaceable run ends after placement_timeout_s x (max_failures + 1).
+            failure_config=ray.train.FailureConfig(max_failures=cfg.cluster.max_failures,
+                                                   controller_failure_limit=cfg.cluster.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
     metrics_file = output / METRICS_FILE
-    with Progress(metrics_file, cfg.train.max_steps):
-        return trainer.fit()
+    interrupt.arm(output)
+    try:
+        with Progress(metrics_file, cfg.train.max_steps):
+            return _fit_off_main_thread(trainer)
+    except Exception as error:
+        raise _placement_error(error, cfg) or error
+    finally:
+        interrupt.disarm()
+
+
+def _fit_off_main_thread(trainer: Any) -> Any:
+    """`trainer.fit()` in a thread: on the main thread Ray Train replaces the SIGINT handler with its own abort
+    (no checkpoint), and a main thread blocked in `ray.get` would run alignray's handlers late."""
+    outcome: Dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as error:  # noqa: BLE001 - re-raised on the main thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, name="alignray-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def _placement_error(error: BaseException, cfg: RunConfig) -> Optional[Exception]:
+    """A one-line error when the workers could not be placed: what was asked and what the cluster has."""
+    import ray
+    from ray.train.v2._internal.exceptions import InsufficientClusterResourcesError, WorkerGroupStartupTimeoutError
+
+    failure = getattr(error, "controller_failure", None)
+    if not isinstance(failure, (WorkerGroupStartupTimeoutError, InsufficientClusterResourcesError)):
+        return None
+    from framework.cluster.feasibility import InfeasibleError
+
+    total, free = ray.cluster_resources(), ray.available_resources()
+    asked = f"{cfg.cluster.num_workers} workers x {cfg.cluster.cpus_per_worker:g} CPU" + (
+        " + 1 GPU" if _use_gpu(cfg) else "")
+    has = f"{total.get('CPU', 0):g} CPU ({free.get('CPU', 0):g} free)" + (
+        f", {total['GPU']:g} GPU ({free.get('GPU', 0):g} free)" if "GPU" in total else "")
+    return InfeasibleError(f"the workers could not be placed within cluster.placement_timeout_s="
+                           f"{cfg.cluster.placement_timeout_s:g}: asked {asked}, the cluster has {has}",
+                           "use fewer cluster.num_workers or a smaller cluster.cpus_per_worker, or add nodes")
 
 
 def storage_path(cfg: RunConfig) -> str:
@@ -189,7 +260,11 @@ def resume_checkpoint(cfg: RunConfig) -> Optional[str]:
 
 
 def shutdown() -> None:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
+    """Disconnect from Ray; an embedded Ray is ended completely, leftovers included (its DashboardAgent and
+    RuntimeEnvAgent were seen to outlive ray.shutdown() after a SIGTERM)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    ours = interrupt.descendants() if _embedded else []
+    ray.shutdown()
+    interrupt.end_processes(ours, grace_s=3)

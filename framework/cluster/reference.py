@@ -6,6 +6,7 @@ import hashlib
 import json
 from typing import Any, Tuple
 
+from framework.config import ConfigError
 from framework.model.loading import model_fingerprint
 
 
@@ -24,7 +25,7 @@ def stored_reference_matches(store: Any, reference_path: str, max_length: int, m
         return False, f"store {store.path} has no stored reference log-probs"
     expected = reference_fingerprint(reference_path, max_length, max_prompt_length)
     if info.get("fingerprint") != expected:
-        raise ValueError(
+        raise ConfigError(
             f"store {store.path} holds reference log-probs from {info.get('model')} (fingerprint "
             f"{str(info.get('fingerprint'))[:12]}, max_length={info.get('max_length')}), which does not match the "
             f"configured reference {reference_path} (fingerprint {expected[:12]}); rebuild them with "

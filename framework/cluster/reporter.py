@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 METRICS_FILE = "metrics.jsonl"
+STOP_FILE = "STOP_REQUESTED"  # written by the driver on SIGINT/SIGTERM (framework/cluster/interrupt.py)
 
 
 class RayReporter:
@@ -54,6 +55,10 @@ class RayReporter:
         path = tempfile.mkdtemp(prefix=f"alignray-ckpt-{step:06d}-r{self.rank}-")
         self._scratch.append(path)
         return path
+
+    def stop_requested(self) -> bool:
+        """Rank 0's view of the driver's stop request (the loop shares it with the other ranks)."""
+        return self.rank == 0 and (self.output_dir / STOP_FILE).exists()
 
     def event(self, record: Dict[str, Any]) -> None:
         """A non-metric line in metrics.jsonl (e.g. a restore), rank 0 only."""

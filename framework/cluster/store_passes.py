@@ -4,7 +4,8 @@
   training can skip the reference model entirely;
 - `add_samples`: K self-samples per prompt from a model (`self_samples`, `self_sample_ids`) for D2O;
 - `add_aligned_logps`: per-token mean log-probs of each response under M aligned LMs (`aligned_logps`, [K][M]),
-  each with its own tokenizer, for PoFT.
+  each with its own tokenizer, for PoFT;
+- `add_udm_weights`: BCO's density-ratio weights w(x) per row (`udm_weights`) from a prompt classifier.
 
 Rows are split into contiguous ranges, one Ray task per range; results come back in row order.
 """
@@ -188,3 +189,119 @@ def add_aligned_logps(store_path: str, model_paths: Sequence[str], *, batch_size
     info = {"models": list(model_paths), "fingerprints": [model_fingerprint(p) for p in model_paths]}
     return add_columns(version, {"aligned_logps": pa.array(results, pa.list_(pa.list_(pa.float64())))},
                        note=f"aligned-LM mean log-probs from {len(model_paths)} models", extra_manifest={"aligned_lms": info})
+
+
+def _prompt_embedder(model_path: str, max_prompt_length: int, batch_size: int) -> Callable[[Any, Sequence[int]], Any]:
+    """Load the model once; return embed(store, rows) -> [len(rows), D] float32: the mean of the model's last
+    hidden states over each prompt's tokens (tokenised by the embedding model's own tokenizer, its last
+    `max_prompt_length` tokens; identical prompts are embedded once)."""
+    import json
+
+    import torch
+
+    from framework.model.loading import load_causal_lm, load_tokenizer
+
+    torch.set_num_threads(1)
+    tokenizer = load_tokenizer(model_path)
+    encoder = load_causal_lm(model_path).eval().base_model  # the decoder without the LM head
+
+    def embed(store: Any, rows: Sequence[int]) -> Any:
+        keys = [(r["prompt"], r["prompt_is_chat"]) for r in store.take(list(rows), columns=["prompt", "prompt_is_chat"]).to_pylist()]
+        unique = list(dict.fromkeys(keys))
+        pooled = []
+        for first in range(0, len(unique), batch_size):
+            ids = [_encode_prompt(tokenizer, p, chat, json)[-max_prompt_length:] for p, chat in unique[first : first + batch_size]]
+            width = max(len(i) for i in ids)
+            input_ids = torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i in ids])
+            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])
+            with torch.no_grad():
+                hidden = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
+            weights = mask.unsqueeze(-1).float()
+            pooled.append((hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0))
+        index = {key: i for i, key in enumerate(unique)}
+        return torch.cat(pooled)[[index[key] for key in keys]]
+
+    return embed
+
+
+def _udm_sample_part(store_path: str, start: int, end: int, *, sample: Sequence[int], **embedding: Any) -> List[Any]:
+    """Embeddings of the sampled rows that fall in [start, end), in row order."""
+    from framework.store import open_store
+
+    rows = [i for i in sample if start <= i < end]
+    if not rows:
+        return []
+    # Clones: a row view would pickle the whole batch's storage.
+    return [row.clone() for row in _prompt_embedder(**embedding)(open_store(store_path), rows)]
+
+
+def _udm_weight_part(store_path: str, start: int, end: int, *, classifier: Any, min_ratio: float, max_ratio: float,
+                     **embedding: Any) -> List[float]:
+    """w(x) for every row in [start, end), embedded a chunk at a time so memory does not grow with the range."""
+    from framework.objectives._udm import density_ratio_weights
+    from framework.store import open_store
+
+    store, embed = open_store(store_path), _prompt_embedder(**embedding)
+    weights: List[float] = []
+    for first in range(start, end, 1024):
+        embeddings = embed(store, range(first, min(end, first + 1024)))
+        weights += density_ratio_weights(classifier, embeddings, min_ratio, max_ratio).tolist()
+    return weights
+
+
+def udm_sample(version: Any, sample_size: int, seed: int) -> tuple:
+    """Up to `sample_size` row indices per class (desirable, undesirable), drawn with `seed`; refuses data
+    that is not binary or holds one class only."""
+    import random
+
+    from framework.errors import UserError
+    from framework.store import StoreError
+
+    if sample_size < 1:
+        raise UserError(f"the UDM sample size must be >= 1, got {sample_size}", "pass --sample-size 1024 (the default)")
+    labels = version.table(columns=["label"]).column("label").to_pylist()
+    if not labels or any(label is None for label in labels):
+        raise StoreError(f"UDM weights need binary feedback (a label per row), but store {version.path} is "
+                         f"{version.kind!r}", "build the store from prompt/completion/label rows (--kind binary)")
+    classes = [[i for i, label in enumerate(labels) if label == wanted] for wanted in (True, False)]
+    if not all(classes):
+        raise StoreError(f"UDM needs desirable and undesirable rows, but store {version.path} has only "
+                         f"{'desirable' if classes[0] else 'undesirable'} ones", "add rows of the other class")
+    rng = random.Random(seed)
+    return tuple(sorted(rng.sample(rows, min(sample_size, len(rows)))) for rows in classes)
+
+
+def add_udm_weights(store_path: str, model_path: str, *, sample_size: int = 1024, seed: int = 0,
+                    max_prompt_length: int = 64, batch_size: int = 32, min_ratio: float = 0.5, max_ratio: float = 10.0,
+                    num_workers: int = 2) -> Any:
+    """Write a new version with BCO's UDM weights `udm_weights` = clip(p/(1 − p), min_ratio, max_ratio) per row.
+
+    p = P(desirable | x) from a balanced logistic regression on mean-pooled prompt embeddings of `model_path`,
+    fitted on up to `sample_size` prompts per class. Two passes keep the driver's memory at one float per row:
+    the sampled rows' embeddings, then every row's weight under the fitted classifier (sampled rows are embedded
+    twice). The manifest's "udm" entry records the classifier's balanced accuracy on its sample, the sample
+    sizes, the model and its fingerprint, and the clip bounds.
+    """
+    import pyarrow as pa
+    import torch
+
+    from framework.model.loading import model_fingerprint
+    from framework.objectives._udm import fit_udm_classifier
+    from framework.store import add_columns, open_store
+
+    version = open_store(store_path)
+    desirable, undesirable = udm_sample(version, sample_size, seed)
+    embedding = dict(model_path=model_path, max_prompt_length=max_prompt_length, batch_size=batch_size)
+    sample = sorted(desirable + undesirable)
+    vectors = dict(zip(sample, _map_rows(str(version.path), _udm_sample_part, dict(sample=sample, **embedding), num_workers)))
+    fit_d, fit_u = torch.stack([vectors[i] for i in desirable]), torch.stack([vectors[i] for i in undesirable])
+    classifier = fit_udm_classifier(fit_d, fit_u)
+    weights = _map_rows(str(version.path), _udm_weight_part, dict(classifier=classifier, min_ratio=min_ratio,
+                        max_ratio=max_ratio, **embedding), num_workers)
+    info = {"model": model_path, "fingerprint": model_fingerprint(model_path), "accuracy": classifier.accuracy(fit_d, fit_u),
+            "sample_desirable": len(desirable), "sample_undesirable": len(undesirable), "seed": seed,
+            "min_ratio": min_ratio, "max_ratio": max_ratio, "max_prompt_length": max_prompt_length,
+            "weight_min": min(weights), "weight_max": max(weights)}
+    return add_columns(version, {"udm_weights": pa.array(weights, pa.float64())},
+                       note=f"UDM weights from a prompt classifier on {model_path} (accuracy {info['accuracy']:.3f})",
+                       extra_manifest={"udm": info})

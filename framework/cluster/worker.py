@@ -68,7 +68,7 @@ def train_worker(payload: Dict[str, Any]) -> None:
     seam.init_distributed()
 
     objective = build_objective(cfg.objective_name, **cfg.objective_hparams)
-    objective.sync_mean = lambda t: seam.all_reduce_sum(t.detach()) / seam.world_size
+    objective.sync_sum = lambda t: seam.all_reduce_sum(t.detach())
     store = open_store(paths["train_store"])
     stored_reference = _use_stored_reference(cfg, store, paths, objective)
     tokenizer = load_tokenizer(paths["tokenizer_path"])
@@ -94,7 +94,7 @@ def train_worker(payload: Dict[str, Any]) -> None:
         lengths=store.token_lengths() if cfg.train.length_grouping else None,
     )
     builder = BatchBuilder(tokenizer.pad_token_id, cfg.data.max_length, cfg.data.max_prompt_length,
-                           objective.feedback, stored_reference, objective.requires)
+                           objective.feedback, stored_reference, objective.requires, use_udm_weights=cfg.data.udm)
     eval_batches = _eval_batches(paths.get("eval_store"), rank, world, cfg, tokenizer.pad_token_id)
     runner = StepRunner(seam, engine, reference, objective, tokenizer.pad_token_id, cfg.data.max_length,
                         cfg.data.max_prompt_length)
@@ -112,11 +112,13 @@ def _use_stored_reference(cfg: Any, store: Any, paths: Dict[str, Any], objective
 
     if not objective.needs_reference or cfg.data.use_stored_reference == "never":
         return False
-    if {"mismatched", "self_samples"} & set(objective.requires):  # sequences not in the store need a live forward
+    if objective.live_reference_inputs():  # `require` with such an objective is refused by config.from_dict
         return False
     ok, reason = stored_reference_matches(store, paths["reference_path"], cfg.data.max_length, cfg.data.max_prompt_length)
     if cfg.data.use_stored_reference == "require" and not ok:
-        raise ValueError(f"data.use_stored_reference=require but {reason}")
+        from framework.config import ConfigError
+
+        raise ConfigError(f"data.use_stored_reference=require but {reason}")
     return ok
 
 

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from framework.errors import UserError
 from framework.model.batching import TokenBatch, collate
 
 
@@ -38,10 +39,11 @@ class BatchBuilder:
     """
 
     def __init__(self, pad_id: int, max_length: int, max_prompt_length: int, feedback: str,
-                 use_stored_reference: bool, requires: Sequence[str] = ()) -> None:
+                 use_stored_reference: bool, requires: Sequence[str] = (), use_udm_weights: bool = False) -> None:
         self.pad_id, self.max_length, self.max_prompt_length = pad_id, max_length, max_prompt_length
         self.feedback, self.requires = feedback, tuple(requires)
         self.use_stored_reference = use_stored_reference
+        self.use_udm_weights = use_udm_weights  # BCO with data.udm=true: a store may hold them from an earlier run
 
     def build(self, table: Any, padding: Sequence[bool]) -> MicroBatch:
         cols = table.to_pydict()
@@ -66,7 +68,9 @@ class BatchBuilder:
         if "aligned_logps" in self.requires:
             annotations["aligned_logps"] = torch.tensor([row[keep[i]] for i, row in enumerate(cols["aligned_logps"])],
                                                         dtype=torch.float64)
-        if cols.get("udm_weights") is not None:
+        if self.use_udm_weights:
+            if cols.get("udm_weights") is None:
+                raise UserError("data.udm=true but the store has no udm_weights column: run `alignray store add-udm-weights`")
             annotations["udm_weights"] = torch.tensor(cols["udm_weights"], dtype=torch.float64)
         stored = None
         if self.use_stored_reference:
@@ -84,7 +88,7 @@ class BatchBuilder:
         if self.feedback == "binary" and "self_samples" in self.requires:
             samples = cols.get("self_sample_ids")
             if samples is None:
-                raise ValueError("this objective needs self-samples in the store: run `alignray store add-samples`")
+                raise UserError("this objective needs self-samples in the store: run `alignray store add-samples`")
             return [list(r[:1]) + list(s or []) for r, s in zip(responses, samples)], None
         if self.feedback != "sft":
             return responses, None
@@ -101,8 +105,8 @@ def _objective_annotations(cols: Dict[str, List[Any]]) -> Dict[str, Any]:
     """Multi-objective scores [B, K, M] and the objective names, which every row of a batch must share."""
     names, scores = cols.get("objective_names"), cols.get("objective_scores")
     if not names or scores is None or any(s is None for s in scores):
-        raise ValueError("this objective needs multi-objective rows (objective_scores): build the store with --kind multi")
+        raise UserError("this objective needs multi-objective rows (objective_scores): build the store with --kind multi")
     if any(list(n) != list(names[0]) for n in names):
-        raise ValueError(f"rows of one batch name different objectives: {list(names[0])} vs "
+        raise UserError(f"rows of one batch name different objectives: {list(names[0])} vs "
                          f"{next(list(n) for n in names if list(n) != list(names[0]))}")
     return {"objective_scores": torch.tensor(scores, dtype=torch.float64), "objective_names": list(names[0])}

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from framework.config import TrainConfig
+from framework.errors import UserError
 from framework.engine.batches import BatchBuilder, MicroBatch
 from framework.engine.step import StepRunner
 
@@ -35,6 +36,7 @@ class Reporter(Protocol):
     def scratch_dir(self, step: int) -> str: ...
     def restored_checkpoint(self) -> Optional[str]: ...
     def event(self, record: Dict[str, Any]) -> None: ...
+    def stop_requested(self) -> bool: ...
 
 
 class NonFiniteLossError(RuntimeError):
@@ -87,6 +89,8 @@ class TrainLoop:
             summary.update({f"{k}@start": v for k, v in self._evaluate().items()})
             self.reporter.report({"step": 0, **summary}, None)
         batches = self.micro_batches()
+        if self._stop_requested():  # asked to stop while the workers were starting: nothing new to save
+            return summary
         while self.step < self.train.max_steps:
             group, info = next(batches)
             started = time.perf_counter()
@@ -101,14 +105,26 @@ class TrainLoop:
                             "skipped_steps": self.skipped_steps, "wall_clock": time.time()})
             checkpoint = None
             last = self.step == self.train.max_steps
-            if last or (self.train.checkpoint_every and self.step % self.train.checkpoint_every == 0):
+            stop = not last and self._stop_requested()
+            if last or (stop and self.train.checkpoint_on_interrupt) or (
+                    self.train.checkpoint_every and self.step % self.train.checkpoint_every == 0):
                 if last and self.train.eval_at_end and self.eval_batches:
                     end = self._evaluate()
                     summary.update({f"{k}@end": v for k, v in end.items()})
                     metrics.update(end)
                 checkpoint = self._save()
             self.reporter.report(metrics, checkpoint)
+            if stop:
+                self.reporter.event({"event": "interrupted", "step": self.step, "checkpointed": checkpoint is not None})
+                log.warning("stop requested: stopped after step %d", self.step)
+                break
         return summary
+
+    def _stop_requested(self) -> bool:
+        """Rank 0 reads the driver's request; one all-reduce makes every rank take the same branch (a rank
+        stopping alone would hang the others in their next collective)."""
+        flag = torch.tensor([1.0 if self.reporter.stop_requested() else 0.0], device=self.seam.device)
+        return float(self.seam.all_reduce_sum(flag)[0]) > 0
 
     def _evaluate(self) -> Dict[str, float]:
         return self.runner.evaluate(self.eval_batches)
@@ -166,7 +182,8 @@ class TrainLoop:
         rank = self.seam.rank
         rank_state = Path(directory) / RANK_STATE_FILE.format(rank=rank)
         if not rank_state.exists():
-            raise FileNotFoundError(f"{rank_state} is missing: the checkpoint was written by a different world size")
+            raise UserError(f"{rank_state} is missing: the checkpoint was written by a different number of workers",
+                            "resume with the cluster.num_workers of the run that wrote it")
         _set_rng_state(torch.load(rank_state, weights_only=False)["rng"])
         ledger = Path(directory) / LEDGER_FILE.format(rank=rank)
         self.ledger = [json.loads(line) for line in ledger.read_text().splitlines() if line]

@@ -49,6 +49,7 @@ class DeepSpeedSeam:
     def __init__(self, ds: DeepSpeedConfig, train: TrainConfig, device: torch.device, backend: str) -> None:
         self.ds, self.train, self.device, self.backend = ds, train, device, backend
         self.engine: Any = None
+        self._optimizer: Any = None  # the torch optimizer DeepSpeed's (ZeRO) wrapper steps
         self._hf_ds_config: Any = None  # must outlive from_pretrained under ZeRO-3
 
     # -- process group ---------------------------------------------------------------------------------
@@ -91,11 +92,13 @@ class DeepSpeedSeam:
             if self.ds.offload_optimizer:
                 from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-                return DeepSpeedCPUAdam(params, lr=train.lr, weight_decay=train.weight_decay)
-            return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+                self._optimizer = _skippable(DeepSpeedCPUAdam)(params, lr=train.lr, weight_decay=train.weight_decay)
+            else:
+                self._optimizer = _skippable(torch.optim.AdamW)(params, lr=train.lr, weight_decay=train.weight_decay)
+            return self._optimizer
 
         def make_scheduler(optimizer: torch.optim.Optimizer) -> Any:
-            return torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(train.warmup_steps, total_steps))
+            return _SkippableLambdaLR(optimizer, _warmup_cosine(train.warmup_steps, total_steps))
 
         self.engine, *_ = deepspeed.initialize(
             model=model,
@@ -128,7 +131,17 @@ class DeepSpeedSeam:
         self.engine.backward(loss)
 
     def step(self) -> None:
+        boundary = self.engine.is_gradient_accumulation_boundary()
         self.engine.step()
+        if boundary:
+            self._optimizer.skip_updates = False
+
+    def skip_next_update(self) -> None:
+        """Make the next boundary `step()` change no weights, optimizer state or LR. DeepSpeed still runs its
+        own step (gradient reduction, clipping, zeroing, counters), so every rank stays in lockstep; only the
+        inner optimizer's and the LR scheduler's `step` do nothing. ZeRO copies its fp32 master partitions
+        back to the model after that step, unchanged. Call it on every rank, before the boundary `step()`."""
+        self._optimizer.skip_updates = True
 
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])
@@ -153,6 +166,27 @@ class DeepSpeedSeam:
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint could be loaded from {directory}")
         return client_state or {}
+
+
+def _skippable(optimizer_class: type) -> type:
+    """`optimizer_class` whose `step` does nothing while `skip_updates` is set. ZeRO calls it once per
+    parameter (sub-)group in one engine step, so the seam clears the flag after the step, not the optimizer."""
+
+    def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.skip_updates:
+            return None
+        return optimizer_class.step(self, *args, **kwargs)
+
+    return type(f"Skippable{optimizer_class.__name__}", (optimizer_class,), {"skip_updates": False, "step": step})
+
+
+class _SkippableLambdaLR(torch.optim.lr_scheduler.LambdaLR):
+    """The LR schedule advances with applied updates only, as when a step is skipped before any backward."""
+
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        if getattr(self.optimizer, "skip_updates", False):
+            return
+        super().step(*args, **kwargs)
 
 
 def _warmup_cosine(warmup: int, total: int, floor: float = 0.1) -> Any:

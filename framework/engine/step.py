@@ -8,9 +8,12 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from framework.engine.batches import MicroBatch
+from framework.engine.multi import combined_loss
 from framework.model.batching import TokenBatch, collate
 from framework.model.logprobs import sequence_logps, sequence_rewards
 from framework.objectives import Objective, SequenceStats
+from framework.objectives._multi import objective_names
+from framework.objectives.base import ratio
 
 
 def stats(model: Any, tokens: TokenBatch, with_prompt: bool = False, reward: bool = False) -> SequenceStats:
@@ -18,6 +21,12 @@ def stats(model: Any, tokens: TokenBatch, with_prompt: bool = False, reward: boo
     if reward:
         return SequenceStats(**sequence_rewards(model, tokens))
     return SequenceStats(**sequence_logps(model, tokens, with_prompt=with_prompt))
+
+
+def response_lengths(tokens: TokenBatch) -> torch.Tensor:
+    """[B, K] response token counts, counted as `sequence_logps` does (position 0 predicts nothing)."""
+    counts = tokens.response_mask[:, 1:].sum(-1).to(torch.float32)
+    return counts.view(tokens.num_examples, tokens.num_responses)
 
 
 def mismatched_tokens(batch: MicroBatch, pad_id: int, max_length: int, max_prompt_length: int) -> TokenBatch:
@@ -45,20 +54,23 @@ class StepRunner:
         self.with_prompt = "prompt_logps" in objective.requires
         self.reward_model = "rewards" in objective.requires
 
-    def objective_output(self, batch: MicroBatch) -> Any:
+    def objective_inputs(self, batch: MicroBatch) -> Dict[str, Any]:
+        """The objective's `batch` mapping: annotations, example weights (0 = padding), response lengths and,
+        for KTO, the no-grad statistics of the mismatched completions. Needs no forward with gradient."""
         device = self.seam.device
-        tokens = batch.tokens.to(device)
-        policy_stats = stats(self.policy, tokens, self.with_prompt, self.reward_model)
-        reference_stats = self.reference_stats(batch, tokens)
-        annotations = dict(batch.annotations)
+        inputs = dict(batch.annotations, weights=batch.weights, lengths=response_lengths(batch.tokens))
         if "mismatched" in self.objective.requires:
             mism = mismatched_tokens(batch, self.pad_id, self.max_length, self.max_prompt_length).to(device)
             with torch.no_grad():
-                annotations["mismatched_policy"] = stats(self.policy, mism)
-                annotations["mismatched_reference"] = stats(self.reference, mism) if self.reference is not None else None
-        annotations = {k: v.to(device) if torch.is_tensor(v) else v for k, v in annotations.items()}
-        out = self.objective.loss(policy_stats, reference_stats, annotations)
-        return out, policy_stats
+                inputs["mismatched_policy"] = stats(self.policy, mism)
+                inputs["mismatched_reference"] = stats(self.reference, mism) if self.reference is not None else None
+        return {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+
+    def objective_output(self, batch: MicroBatch, inputs: Dict[str, Any]) -> Any:
+        tokens = batch.tokens.to(self.seam.device)
+        policy_stats = stats(self.policy, tokens, self.with_prompt, self.reward_model)
+        reference_stats = self.reference_stats(batch, tokens)
+        return self.objective.loss(policy_stats, reference_stats, inputs), policy_stats
 
     def reference_stats(self, batch: MicroBatch, tokens: TokenBatch) -> Optional[SequenceStats]:
         if not self.objective.needs_reference:
@@ -71,32 +83,56 @@ class StepRunner:
     def train_step(self, micro_batches: Sequence[MicroBatch]) -> Dict[str, float]:
         """Loss normalised by the global number of real examples across ranks and micro-batches, so 2 ranks ×
         4 examples give the same gradient as 1 rank × 8. DeepSpeed averages gradients over ranks and divides by
-        the accumulation steps itself, hence the factor world_size × grad_accum."""
-        local_count = sum(float(mb.weights.sum()) for mb in micro_batches)
-        global_count = float(self.seam.all_reduce_sum(torch.tensor([local_count], dtype=torch.float64))[0])
+        the accumulation steps itself, hence the factor world_size × grad_accum.
+
+        A step in which any micro-batch's loss is non-finite (on any rank) changes nothing: the first
+        micro-batch of a non-accumulating step returns at once; otherwise the remaining micro-batches still run
+        backward/step with a zero loss (DeepSpeed's accumulation count and collectives stay aligned) and the
+        boundary step is told to skip the update (`seam.skip_next_update`)."""
+        inputs = [self.objective_inputs(mb) for mb in micro_batches]
+        global_count, window_means = self._window(micro_batches, inputs)
         scale = self.seam.world_size * len(micro_batches) / max(global_count, 1.0)
         sums: Dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(2, dtype=torch.float64))  # (sum, count)
         nonfinite = 0
-        for index, mb in enumerate(micro_batches):
-            out, policy_stats = self.objective_output(mb)
+        for index, (mb, batch) in enumerate(zip(micro_batches, inputs)):
+            out, policy_stats = self.objective_output(mb, {**batch, "window_means": window_means})
             weights = mb.weights.to(out.losses.device, out.losses.dtype)
             loss = (out.losses * weights).sum() * scale
+            if getattr(out, "components", None) is not None and hasattr(self.objective, "coefficients"):
+                loss, extra = combined_loss(self.seam, self.objective, out, policy_stats.logps, weights, scale,
+                                            objective_names(batch, out.components.shape[1]))
+                out.metrics.update(extra)
             # Every rank must take the same branch, or collectives inside backward/step deadlock.
             finite = self.seam.all_reduce_sum(torch.tensor([float(torch.isfinite(loss))], dtype=torch.float64))
             if float(finite[0]) < self.seam.world_size:
                 nonfinite += 1
                 if index == 0 and len(micro_batches) == 1:
                     return {"nonfinite": 1.0}
-                # Later micro-batch under accumulation: contribute a zero gradient, keep DeepSpeed's count aligned.
+                self.seam.skip_next_update()
                 loss = (policy_stats.logps.nan_to_num(0.0, 0.0, 0.0) * 0.0).sum()
             else:
                 accumulate_metrics(sums, out, weights.detach().double().cpu())
                 sums["tokens"] += torch.tensor([float(mb.tokens.num_tokens), 1.0], dtype=torch.float64)
             self.seam.backward(loss)
             self.seam.step()
+        if nonfinite:  # like the early return: a step that changed nothing reports no loss
+            return {"nonfinite": 1.0}
         totals = self._reduce(sums)
-        totals["nonfinite"] = float(nonfinite > 0)
+        totals["nonfinite"] = 0.0
         return totals
+
+    def _window(self, micro_batches: Sequence[MicroBatch], inputs: List[Dict[str, Any]]) -> tuple:
+        """One all-reduce per step: the global number of real examples, and the objective's window statistics
+        summed over this step's micro-batches and all ranks, as means (see `Objective.window_stats`)."""
+        local = {"count": torch.tensor([sum(float(mb.weights.sum()) for mb in micro_batches)], dtype=torch.float64)}
+        for batch in inputs:
+            for name, value in self.objective.window_stats(batch).items():
+                local[name] = local.get(name, 0) + value.detach().double().cpu()
+        names = sorted(local)
+        packed = self.seam.all_reduce_sum(torch.cat([local[n] for n in names]))
+        totals = dict(zip(names, packed.split([len(local[n]) for n in names])))
+        count = float(totals.pop("count")[0])
+        return count, {name: ratio(*value).to(self.seam.device) for name, value in totals.items()}
 
     def evaluate(self, batches: List[MicroBatch]) -> Dict[str, float]:
         """Held-out pairwise accuracy of the current policy (see `evaluate_pairs`)."""

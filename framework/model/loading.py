@@ -2,11 +2,106 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import contextlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator, Optional
 
 import torch
 
+from framework.errors import UserError
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# "gpt2", "org/name": what a hub id looks like (a local path that does not exist may look the same).
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_OFFLINE_HINT = "pass a local model directory, or unset HF_HUB_OFFLINE on a machine that can reach the hub"
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _check_hub_id(path: str, key: str, probe_file: str) -> None:
+    """A path that does not exist must be a hub id, and offline it must already be in the HF cache."""
+    if not HUB_ID.match(path):
+        raise UserError(f"{key}={path}: no such directory", "pass a local Hugging Face model directory or a hub id")
+    if _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(path, probe_file), str):
+            raise UserError(f"{key}={path}: no such directory, and not available offline as a hub id "
+                            "(HF_HUB_OFFLINE=1)", _OFFLINE_HINT)
+
+
+def _check_weights(root: Path, key: str) -> None:
+    weights = [root / name for name in WEIGHT_FILES if (root / name).is_file()] or sorted(root.glob("*.safetensors"))
+    if not weights:
+        raise UserError(f"{key}={root}: no weights (none of {', '.join(WEIGHT_FILES)})",
+                        "save the model with save_pretrained into this directory")
+    from safetensors import SafetensorError, safe_open
+
+    for file in (w for w in weights if w.suffix == ".safetensors"):
+        try:  # reads only the header: cheap, and catches truncated or foreign files before Ray starts
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise UserError(f"{key}={root}: unreadable weights {file.name} ({err})",
+                            "re-save the model with save_pretrained") from None
+
+
+def check_model_source(path: str, key: str, weights: bool = True) -> None:
+    """Fail before any worker starts when `path` cannot be a loadable HF model: a local directory needs a
+    parseable config.json (with model_type) and readable weights; anything else must look like a hub id."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        _check_hub_id(path, key, "config.json")
+        return
+    if not root.is_dir():
+        raise UserError(f"{key}={path}: is a file, not a model directory", "pass the directory save_pretrained wrote")
+    if not any(root.iterdir()):
+        raise UserError(f"{key}={path}: the directory is empty", "pass the directory save_pretrained wrote")
+    config = root / "config.json"
+    if not config.is_file():
+        raise UserError(f"{key}={path}: no config.json (not a Hugging Face model directory)",
+                        "pass the directory save_pretrained wrote")
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (ValueError, AttributeError, OSError) as err:
+        raise UserError(f"{key}={path}: config.json is not a readable JSON object ({err})",
+                        "re-save the model with save_pretrained") from None
+    if not model_type:
+        raise UserError(f"{key}={path}: config.json has no model_type", "re-save the model with save_pretrained")
+    if weights:
+        _check_weights(root, key)
+
+
+def check_tokenizer_source(path: str, key: str) -> None:
+    """Like `check_model_source`, for a tokenizer directory or hub id."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        _check_hub_id(path, key, "tokenizer_config.json")
+    elif not root.is_dir() or not any((root / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"{key}={path}: no tokenizer files (none of {', '.join(TOKENIZER_FILES)})",
+                        "set data.tokenizer=DIR to a directory the tokenizer was saved to")
+
+
+@contextlib.contextmanager
+def _loading(what: str, path: str) -> Iterator[None]:
+    """transformers reports a bad directory or an unreachable hub id as OSError/ValueError, weights that do not
+    fit the config as RuntimeError (and safetensors has its own error): name the path instead of showing a
+    traceback from deep inside from_pretrained."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"cannot load the {what} from {path}: {first}",
+                        "pass a complete model saved with save_pretrained (a hub id must be in the local cache)") from err
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -19,7 +114,8 @@ def load_tokenizer(path: str) -> Any:
     """AutoTokenizer with a pad token guaranteed (falls back to EOS, as TRL does)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    with _loading("tokenizer", path):
+        tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -37,7 +133,9 @@ def load_causal_lm(path: str, dtype: str = "fp32", trust_remote_code: bool = Fal
     transformers builds the weights already partitioned (zero.Init) instead of materialising them per rank."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code)
+    torch_type = torch_dtype(dtype)
+    with _loading("model", path):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_type, trust_remote_code=trust_remote_code)
     disable_dropout(model)
     model.config.use_cache = False
     return model
@@ -46,7 +144,6 @@ def load_causal_lm(path: str, dtype: str = "fp32", trust_remote_code: bool = Fal
 def model_fingerprint(path: str) -> Optional[str]:
     """sha256 over the weight files and tokenizer of a local model dir (None for a hub id)."""
     import hashlib
-    from pathlib import Path
 
     root = Path(path)
     if not root.is_dir():
@@ -66,8 +163,10 @@ def load_reward_model(path: str, dtype: str = "fp32", pad_token_id: Optional[int
     """A causal LM checkpoint with a fresh scalar head (num_labels=1), or a saved reward model."""
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code)
+    torch_type = torch_dtype(dtype)
+    with _loading("reward model", path):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=torch_type, trust_remote_code=trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
     disable_dropout(model)

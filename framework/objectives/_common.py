@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -82,17 +82,25 @@ def log1mexp(x: Tensor) -> Tensor:
     return torch.where(x < -math.log(2.0), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
 
 
-def nll_losses(stats: SequenceStats, column: int, reduction: str, sync_mean: Callable[[Tensor], Tensor]) -> Tensor:
+def token_window_stats(batch: Mapping[str, Any], column: int) -> Dict[str, Tensor]:
+    """{"tokens": [Σ w·|y|, Σ w]} of response `column`: the statistic behind the token-mean normaliser."""
+    weights = batch["weights"]
+    lengths = torch.as_tensor(batch["lengths"])[:, column].to(weights)
+    return {"tokens": torch.stack([(weights * lengths).sum(), weights.sum()])}
+
+
+def nll_losses(stats: SequenceStats, column: int, reduction: str, mean_tokens: Optional[Tensor] = None) -> Tensor:
     """Per-example negative log-likelihood of response `column`, shaped so that the trainer's example mean
     gives the wanted reduction.
 
     * "sequence": −ℓ̄ (per-token mean per sequence, then the example mean): every example weighs the same.
-    * "token": −ℓ / mean_tokens, with mean_tokens the global mean response length (through `sync_mean`).
-      The trainer's global example mean then equals Σ(−ℓ)/Σ|y| over the global batch, the token mean used
-      by TRL's SFT/ORPO, exactly when every rank and micro-batch holds the same number of examples.
+    * "token": −ℓ / mean_tokens, with mean_tokens the mean response length over the real examples of the
+      whole step (`token_window_stats` through `Objective.window_mean`). The trainer's global example mean
+      then equals Σ(−ℓ)/Σ|y| over the step's real examples, the token mean of TRL's SFT/ORPO, however the
+      examples are split over ranks and accumulation micro-batches.
     """
     if reduction == "sequence":
         return -stats.mean_logps[:, column]
-    lengths = stats.lengths[:, column].to(stats.logps.dtype)
-    mean_tokens = sync_mean(lengths.mean().detach()).clamp(min=1.0)
-    return -stats.logps[:, column] / mean_tokens
+    if mean_tokens is None:
+        raise ValueError('nll_losses: reduction="token" needs mean_tokens')
+    return -stats.logps[:, column] / mean_tokens.detach().to(stats.logps).clamp(min=1.0)

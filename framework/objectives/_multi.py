@@ -9,12 +9,14 @@ on the pair ordered by objective i; one policy and reference forward serves ever
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+import dataclasses
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from framework.objectives._common import check_pairwise, require_key
-from framework.objectives.base import Objective, SequenceStats
+from framework.objectives._gradients import Combination, combine
+from framework.objectives.base import Objective, ObjectiveOutput, SequenceStats, build_objective, objective_class
 
 Tensor = torch.Tensor
 
@@ -95,3 +97,74 @@ def per_objective_metrics(names: Sequence[str], losses: Tensor, margins: Tensor)
         margin = margins[:, i]
         metrics[f"{name}/accuracy"] = torch.where(torch.isnan(margin), margin, (margin > 0).to(margin.dtype))
     return metrics
+
+
+def build_component(owner: str, component: str, component_args: Optional[Mapping[str, Any]]) -> Objective:
+    """The pairwise objective each per-objective loss uses."""
+    cls = objective_class(component)
+    if cls.feedback != "pairwise" or cls.requires:
+        raise ValueError(f"{owner}: component={component!r} must be a pairwise objective over log-probs (e.g. dpo, ipo, cdpo)")
+    return build_objective(component, **dict(component_args or {}))
+
+
+@dataclasses.dataclass
+class MultiObjectiveOutput(ObjectiveOutput):
+    """`losses` = Σ_i w_i·L_i [B] (the weighted sum, also what is logged as `loss`); `components` = L [B, M] with
+    gradient, for trainers that choose the coefficients from the Gram matrix of the per-objective gradients."""
+
+    components: Optional[Tensor] = None
+    weights: Optional[Tensor] = None  # w [M] on the simplex
+
+
+class MultiObjective(Objective):
+    """Per-objective pairwise losses from one forward: each objective orders the pair by its own scores."""
+
+    feedback = "multi"
+    needs_reference = True
+
+    def __init__(self, weights: Optional[Sequence[float]], component: str, component_args: Optional[Mapping[str, Any]]) -> None:
+        super().__init__()
+        self.weights = check_weights(self.name, weights)
+        self.component = component
+        self.component_args = dict(component_args or {})
+        self._component = build_component(self.name, component, self.component_args)
+        self.needs_reference = self._component.needs_reference
+
+    def window_stats(self, batch: Mapping[str, Any]) -> Dict[str, Tensor]:
+        """The component's step-wide statistics (e.g. ORPO's token-mean normaliser), shared by every objective."""
+        return self._component.window_stats(batch)
+
+    def loss(self, policy: SequenceStats, reference: Optional[SequenceStats], batch: Mapping[str, Any]) -> MultiObjectiveOutput:
+        scores = objective_scores(batch, policy, self.name)
+        names = objective_names(batch, scores.shape[2])
+        w = weight_vector(self.name, self.weights, names, policy.logps)
+        losses, margins = component_losses(self._component, policy, reference, batch, preference_signs(scores))
+        metrics: Dict[str, Tensor] = per_objective_metrics(names, losses, margins)
+        return MultiObjectiveOutput((losses * w).sum(1), metrics, components=losses, weights=w.detach())
+
+
+class GradientCombinedObjective(MultiObjective):
+    """A multi-objective loss whose update direction Σ_i a_i·g_i is chosen from the Gram matrix H of the
+    per-objective gradients by `gradient_coefficients(method, H, w, **hparams)` (see `_gradients.py`).
+
+    `gram` says which gradients H is built from: "logps" (cheap, approximate) takes the gradients of the L_i
+    with respect to the per-sequence log-probs of the global batch, H_ij = Σ_b ⟨∂L_i/∂ℓ_b, ∂L_j/∂ℓ_b⟩ — no
+    extra backward through the model, but it ignores how parameters couple different sequences."""
+
+    method: str = ""
+    GRAM_MODES = ("logps",)
+
+    def __init__(self, weights: Optional[Sequence[float]], component: str, component_args: Optional[Mapping[str, Any]],
+                 gram: str) -> None:
+        super().__init__(weights, component, component_args)
+        if gram not in self.GRAM_MODES:
+            raise ValueError(f"{self.name}: gram={gram!r}; allowed: {', '.join(self.GRAM_MODES)}")
+        self.gram = gram
+
+    def method_hparams(self) -> Dict[str, Any]:
+        """Hyperparameters passed to `gradient_coefficients` besides H and w."""
+        return {}
+
+    def coefficients(self, gram: Tensor, weights: Tensor) -> Combination:
+        """The solved combination for this step's Gram matrix and weights."""
+        return combine(self.method, gram, weights, **self.method_hparams())

@@ -1,9 +1,17 @@
 """The objective contract: per-sequence statistics in, per-example losses and detached metrics out.
 
 Objectives are pure functions of `SequenceStats` (policy and, optionally, reference) plus the batch's
-annotations. They never touch models, data loading or `torch.distributed`; the one exception is a
-cross-rank statistic the math needs (KTO's reference point, BCO's running reward shift), which they get
-through `self.sync_mean`, a hook the trainer installs.
+annotations. They never touch models, data loading or `torch.distributed`. Statistics taken across examples
+come in two kinds:
+
+* gradient-free ones over the whole optimizer step (KTO's reference point, the token-mean normaliser):
+  the objective declares them in `window_stats`; the trainer sums them over every micro-batch of the step
+  on every rank before any loss and passes the means back as batch["window_means"];
+* running state that needs the policy forward (BCO's reward shift): the objective reduces its sums across
+  ranks through `self.sync_sum`, a hook the trainer installs.
+
+Both count real examples only: the trainer passes batch["weights"] [B] (0 for the padding rows that
+equalise ranks) and batch["lengths"] [B, K] (response token counts, known before any forward).
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ REQUIREMENTS = {
         'batch["mask"] [B, 1+K] marks valid columns (D2O)'
     ),
 }
+
+# Reference inputs a store cannot hold (it stores response log-probs only): they need a live reference model.
+LIVE_REFERENCE_INPUTS = ("mismatched", "self_samples", "prompt_logps")
 
 
 @dataclasses.dataclass
@@ -67,7 +78,7 @@ class ObjectiveOutput:
     metrics: Dict[str, Tensor] = dataclasses.field(default_factory=dict)
 
 
-def _identity_mean(value: Tensor) -> Tensor:
+def _identity_sum(value: Tensor) -> Tensor:
     return value
 
 
@@ -90,8 +101,8 @@ class Objective:
     requires: ClassVar[tuple] = ()
 
     def __init__(self) -> None:
-        # The trainer replaces this with a mean over all ranks (and accumulation micro-batches).
-        self.sync_mean: Callable[[Tensor], Tensor] = _identity_mean
+        # The trainer replaces this with an element-wise sum over all ranks (one all-reduce per call).
+        self.sync_sum: Callable[[Tensor], Tensor] = _identity_sum
         # Stateful objectives (BCO) update their running statistics only while training.
         self.training = True
 
@@ -99,6 +110,27 @@ class Objective:
         """Switch running-state updates on (training) or off (evaluation), like `nn.Module.train`."""
         self.training = bool(mode)
         return self
+
+    def live_reference_inputs(self) -> List[str]:
+        """The inputs of `requires` that stored reference log-probs cannot supply (empty: a store may serve)."""
+        return [r for r in self.requires if r in LIVE_REFERENCE_INPUTS] if self.needs_reference else []
+
+    def window_stats(self, batch: Mapping[str, Any]) -> Dict[str, Tensor]:
+        """Gradient-free statistics the loss needs over the whole optimizer step, as name → [Σ w·x, Σ w]
+        over this micro-batch (w = batch["weights"]). They may read annotations and batch["lengths"], never
+        the policy's log-probs (the trainer computes them before any forward with gradient)."""
+        del batch
+        return {}
+
+    def window_mean(self, name: str, batch: Mapping[str, Any], policy: SequenceStats) -> Tensor:
+        """The step-wide mean of `window_stats` entry `name` from batch["window_means"]. Without it (a direct
+        call, or an objective used inside another that does not forward its `window_stats`) the mean is taken
+        over this batch, all examples weighing 1 unless batch["weights"] says otherwise."""
+        means = batch.get("window_means") or {}
+        if name in means:
+            return means[name]
+        defaults = {"weights": torch.ones_like(policy.logps[:, 0]), "lengths": policy.lengths}
+        return ratio(*self.window_stats({**defaults, **batch})[name])
 
     def loss(self, policy: SequenceStats, reference: Optional[SequenceStats], batch: Mapping[str, Any]) -> ObjectiveOutput:
         """Per-example losses [B] and detached metrics; never averaged across examples here."""
@@ -115,6 +147,11 @@ class Objective:
         """The constructor arguments this objective was built with (the keys of its YAML, minus `name`)."""
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
         return {p: getattr(self, p) for p in names}
+
+
+def ratio(total: Tensor, count: Tensor) -> Tensor:
+    """total / count, and 0 when nothing was counted (a step of padding rows only)."""
+    return total / count if float(count) > 0 else torch.zeros_like(total)
 
 
 _REGISTRY: Dict[str, Type[Objective]] = {}

@@ -3,11 +3,14 @@
 Rewards r = β·ρ(y). A reward shift δ, the running mean of all rewards seen so far (both classes), makes the
 loss a binary classifier of desirable versus undesirable completions:
     desirable:   −log σ(r − δ)          undesirable:   w(x)·(−log σ(−(r − δ)))
-δ is objective state: each training call first folds in the detached batch-mean reward, averaged across
-ranks with `sync_mean`, then uses the updated δ (update-then-use, as TRL's BCO did). With equal global
-batches per step the step-wise running mean δ_t = δ_{t−1} + (m_t − δ_{t−1})/t equals the mean over all
-rewards. `state_dict` carries δ and the step count into checkpoints; evaluation (`train(False)`) reads δ
-without updating it.
+δ is objective state and needs the policy forward, so it is updated per micro-batch call: each training
+call first folds this call's detached rewards of real (non-padding, batch["weights"] > 0) examples on all
+ranks into δ, one all-reduce of [Σ w·r, Σ w] through `sync_sum`, then uses the updated δ (update-then-use,
+as TRL's BCO did per call). δ is therefore the exact count-weighted mean of every real reward seen so far,
+whatever the rank and micro-batch sizes; under gradient accumulation a micro-batch's δ includes the earlier
+micro-batches of its step, not the later ones. `state_dict` carries δ and the count into checkpoints
+(an old {"delta", "steps"} state loads with the step count as its weight, so δ adapts faster for a while);
+evaluation (`train(False)`) reads δ without updating it.
 
 UDM: optional batch["udm_weights"] [B] are the density-ratio weights w(x) of the undesirable examples
 (ignored for desirable ones); fit them with `fit_udm_classifier` / `density_ratio_weights`. Without
@@ -16,6 +19,7 @@ them w = 1.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Mapping, Optional
 
 import torch
@@ -41,7 +45,7 @@ class BCO(Objective):
         check_positive("bco", beta=beta)
         self.beta = float(beta)
         self._delta = 0.0
-        self._steps = 0
+        self._count = 0.0  # Σ w of the rewards folded into δ
 
     @property
     def delta(self) -> float:
@@ -49,22 +53,24 @@ class BCO(Objective):
         return self._delta
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"delta": self._delta, "steps": self._steps}
+        return {"delta": self._delta, "count": self._count}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._delta = float(state["delta"])
-        self._steps = int(state["steps"])
+        self._count = float(state["count"] if "count" in state else state["steps"])
 
-    def _update_delta(self, rewards: torch.Tensor) -> None:
-        batch_mean = float(self.sync_mean(rewards.detach().mean()))
-        self._steps += 1
-        self._delta += (batch_mean - self._delta) / self._steps
+    def _update_delta(self, rewards: torch.Tensor, weights: torch.Tensor) -> None:
+        sums = torch.stack([(weights * rewards.detach()).sum(), weights.sum()])
+        total, count = (float(v) for v in self.sync_sum(sums))
+        if count > 0 and math.isfinite(total):  # a NaN micro-batch (skipped by the trainer) must not poison δ
+            self._count += count
+            self._delta += (total - count * self._delta) / self._count
 
     def loss(self, policy: SequenceStats, reference: Optional[SequenceStats], batch: Mapping[str, Any]) -> ObjectiveOutput:
         labels = binary_labels(policy, batch, "bco")
         rewards = self.beta * log_ratios(policy, reference)[:, 0]
         if self.training:
-            self._update_delta(rewards)
+            self._update_delta(rewards, torch.as_tensor(batch.get("weights", torch.ones_like(rewards))).to(rewards))
         shifted = rewards - self._delta
         weights = batch.get("udm_weights")
         weights = torch.ones_like(rewards) if weights is None else torch.as_tensor(weights).to(rewards)

@@ -13,7 +13,7 @@ timesteps. κ = 10 makes typical score gaps O(1): per-token means of −0.5 to �
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from framework.objectives._common import (
     check_positive,
     nll_losses,
     pairwise_metrics,
+    token_window_stats,
 )
 from framework.objectives.base import Objective, ObjectiveOutput, SequenceStats, register_objective
 
@@ -55,12 +56,16 @@ class MaPO(Objective):
         self.kappa = float(kappa)
         self.nll_reduction = nll_reduction
 
+    def window_stats(self, batch: Mapping[str, Any]) -> Dict[str, Tensor]:
+        return token_window_stats(batch, 0) if self.nll_reduction == "token" else {}
+
     def loss(self, policy: SequenceStats, reference: Optional[SequenceStats], batch: Mapping[str, Any]) -> ObjectiveOutput:
         check_pairwise(policy)
         scores = bounded_score(-self.alpha * policy.mean_logps)
         score_gap = scores[:, 0] - scores[:, 1]
         margin_loss = self.beta * F.softplus(-self.kappa * score_gap)
-        nll = nll_losses(policy, 0, self.nll_reduction, self.sync_mean)
+        mean_tokens = self.window_mean("tokens", batch, policy) if self.nll_reduction == "token" else None
+        nll = nll_losses(policy, 0, self.nll_reduction, mean_tokens)
         metrics = pairwise_metrics(policy, scores[:, 0], scores[:, 1])
         metrics.update({"score_gap": score_gap.detach(), "nll_loss": nll.detach(), "margin_loss": margin_loss.detach()})
         return ObjectiveOutput(nll + margin_loss, metrics)

@@ -1,17 +1,20 @@
 """Supervised fine-tuning: negative log-likelihood of the demonstration (column 0).
 
 Reduction (`reduction`): "token" (default) makes the trainer's global example mean equal the token mean
-over the global batch, Σ(−ℓ)/Σ|y|, as TRL's SFT does with `num_items_in_batch` (see `_common.nll_losses`;
-exact when ranks and micro-batches hold equal numbers of examples). "sequence" averages −ℓ̄ per example,
-so every example weighs the same whatever its length. They differ on variable-length data; dividing by a
-per-micro-batch token count instead would bias gradient accumulation.
+over the step's real examples, Σ(−ℓ)/Σ|y|, as TRL's SFT does with `num_items_in_batch` (see
+`_common.nll_losses`; exact for any split over ranks and accumulation micro-batches, because the mean length
+is a step-wide window statistic). "sequence" averages −ℓ̄ per example, so every example weighs the same
+whatever its length. They differ on variable-length data; dividing by a per-micro-batch token count instead
+would bias gradient accumulation.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
-from framework.objectives._common import NLL_REDUCTIONS, check_choice, nll_losses
+import torch
+
+from framework.objectives._common import NLL_REDUCTIONS, check_choice, nll_losses, token_window_stats
 from framework.objectives.base import Objective, ObjectiveOutput, SequenceStats, register_objective
 
 
@@ -27,7 +30,11 @@ class SFT(Objective):
         check_choice("sft", "reduction", reduction, NLL_REDUCTIONS)
         self.reduction = reduction
 
+    def window_stats(self, batch: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+        return token_window_stats(batch, 0) if self.reduction == "token" else {}
+
     def loss(self, policy: SequenceStats, reference: Optional[SequenceStats], batch: Mapping[str, Any]) -> ObjectiveOutput:
-        losses = nll_losses(policy, 0, self.reduction, self.sync_mean)
+        mean_tokens = self.window_mean("tokens", batch, policy) if self.reduction == "token" else None
+        losses = nll_losses(policy, 0, self.reduction, mean_tokens)
         metrics = {"logps": policy.logps[:, 0].detach(), "mean_logps": policy.mean_logps[:, 0].detach()}
         return ObjectiveOutput(losses, metrics)

@@ -102,7 +102,19 @@ def _check_args(sources: List[str], kind: Optional[str], num_proc: Optional[int]
         source_format(path)  # missing file / unknown format fail here, before any work
 
 
-def build_store(sources: List[str], out: str, *, tokenizer: Optional[str] = None, kind: Optional[str] = None,
+def _raise_all_rejected(sources: List[str], rejects: List[Dict[str, Any]], out: Path) -> None:
+    """No version is written; the rejects go next to where it would have been, so the user can see why."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "rejects.failed-build.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects), encoding="utf-8")
+    first = "; ".join(f"{r['file']}:{r['line']} {r['reason']}" + (f" ({r['field']})" if r.get("field") else "")
+                      for r in rejects[:3])
+    raise StoreError(f"{', '.join(sources)}: no valid rows, all {len(rejects)} rejected (first: {first}); "
+                     f"every row's reason is in {path}",
+                     "fix the rows, or map other column names with `alignray store build --map COL=FIELD`")
+
+
+def build_store(sources: List[str], out: str, *, tokenizer: str, kind: Optional[str] = None,
                 column_map: Optional[Dict[str, str]] = None, max_prompt_tokens: Optional[int] = None,
                 max_response_tokens: Optional[int] = None, truncate: bool = True, num_shards: Optional[int] = None,
                 num_proc: Optional[int] = None, progress: bool = True) -> StoreVersion:
@@ -126,8 +138,7 @@ def build_store(sources: List[str], out: str, *, tokenizer: Optional[str] = None
         if seen[path] == 0:
             raise StoreError(f"{path}: empty input (no rows)")
     if not tables:
-        reasons = Counter(r["reason"] for r in rejects).most_common(3)
-        raise StoreError(f"{', '.join(sources)}: no valid rows ({len(rejects)} read, all rejected: {reasons})")
+        _raise_all_rejected(sources, rejects, Path(out))
     order = {path: i for i, path in enumerate(sources)}
     rejects.sort(key=lambda r: (order[r["file"]], r["line"]))
     table = pa.concat_tables(tables)

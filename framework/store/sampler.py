@@ -26,6 +26,8 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 
 import numpy as np
 
+from framework.store.errors import StoreError
+
 
 class Batch(NamedTuple):
     """One micro-batch of this rank: row indices and, per slot, whether it is a padding repeat."""
@@ -116,6 +118,7 @@ class EpochSampler:
         for key in ("num_rows", "world_size", "batch_size", "seed", "shuffle", "length_grouped"):
             mine = self.state_dict()[key]
             if key in state and state[key] != mine:
-                raise ValueError(f"sampler state was saved with {key}={state[key]!r}, this run has {mine!r}; "
-                                 "resuming would read different rows")
+                raise StoreError(f"sampler state was saved with {key}={state[key]!r}, this run has {mine!r}; "
+                                 "resuming would read different rows", "resume with the data, workers, micro batch "
+                                 "size, seed and length grouping of the run that wrote the checkpoint")
         self.epoch, self.batches_consumed = int(state["epoch"]), int(state["batches_consumed"])

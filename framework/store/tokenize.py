@@ -21,13 +21,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def resolve_tokenizer_path(path: Optional[str]) -> str:
-    """The given local tokenizer directory, or the built-in demo tokenizer when None."""
-    if path is None:
-        try:
-            from framework.model.demo import demo_tokenizer_path
-        except ImportError as exc:
-            raise StoreError(f"no --tokenizer given and the demo tokenizer is unavailable ({exc})") from None
-        path = str(demo_tokenizer_path())
+    """`path`, checked to be a local directory. The store stays data-only: callers pick any default
+    (the CLI passes the built-in demo tokenizer)."""
+    if not path:
+        raise StoreError("no tokenizer given", "pass a local tokenizer directory (--tokenizer DIR)")
     if not Path(path).is_dir():
         raise StoreError(f"{path}: tokenizer directory not found")
     return path

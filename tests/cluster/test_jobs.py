@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -102,7 +103,7 @@ def _without_token(env: dict, home: Path) -> dict:
 
 def test_missing_token_is_a_clear_error(ray_head, cli, tmp_path: Path):
     result = cli(["job", "list", "--address", ray_head.url], env=_without_token(ray_head.env, tmp_path))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip() == (f"alignray job: error: {ray_head.url} requires an auth token and none was "
                                       "found (set RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or write ~/.ray/auth_token)")
@@ -111,7 +112,7 @@ def test_missing_token_is_a_clear_error(ray_head, cli, tmp_path: Path):
 def test_wrong_token_is_a_clear_error(ray_head, cli, tmp_path: Path):
     env = {**_without_token(ray_head.env, tmp_path), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}
     result = cli(["submit", "--address", ray_head.url, "--entrypoint", "true"], env=env)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip() == f"alignray submit: error: {ray_head.url} rejected the auth token from RAY_AUTH_TOKEN"
 
 
@@ -135,3 +136,26 @@ def test_tiny_training_job_succeeds(ray_head, cli, tmp_path: Path):
     print(f"\n[timing] tiny training job submit-to-SUCCEEDED {elapsed:.1f}s")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert output_dir.is_dir() and any(output_dir.iterdir()), "the job wrote nothing to the shared output dir"
+
+
+def test_job_on_a_python_without_alignray_says_how_to_fix(ray_head, cli, tmp_path: Path):
+    """A head started from a Python without alignray's dependencies runs jobs with that Python. The job's PATH
+    here puts the system python3 (no hydra, no ray) first as `python`, so the real train entrypoint
+    (`python -m launch.cli train`) fails the same way: ModuleNotFoundError for hydra in the job's driver."""
+    bare = shutil.which("python3", path="/usr/bin:/bin")
+    if bare is None or subprocess.run([bare, "-c", "import hydra"], capture_output=True).returncode == 0:
+        pytest.skip("no system python3 without hydra on this machine")
+    bare_bin = tmp_path / "bare-bin"
+    bare_bin.mkdir()
+    (bare_bin / "python").symlink_to(bare)
+    result = cli(["submit", "--address", ray_head.url, "--wait", "--env", f"PATH={bare_bin}:{ray_head.env['PATH']}",
+                  "--", "train.max_steps=1", f"output_dir={tmp_path / 'run'}"], env=ray_head.env, timeout=300)
+    job_id = _job_id(result)
+    assert result.returncode == 1, result.stderr
+    assert "No module named 'hydra'" in result.stdout  # the streamed job log shows the real failure
+    expected = ("the job's Python cannot import 'hydra' (needed by alignray): jobs run with the Python the Ray head "
+                "was started from — start the head (`ray start --head`) from the alignray environment, or run the "
+                "cluster from the alignray image (docker/)")
+    assert result.stderr.strip().splitlines()[-1] == f"alignray: job {job_id} FAILED: {expected}"
+    status = cli(["job", "status", job_id, "--address", ray_head.url], env=ray_head.env)
+    assert status.stdout.strip() == f"FAILED: {expected}", status.stdout

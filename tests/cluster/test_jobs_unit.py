@@ -74,7 +74,7 @@ def test_cli_unreachable_address_is_one_clear_line(cli, tmp_path: Path):
         port = sock.getsockname()[1]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "RAY_AUTH_TOKEN": "x"}
     result = cli(["job", "list", "--address", f"http://127.0.0.1:{port}"], env=env, timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"alignray job: error: cannot reach the Ray job API at http://127.0.0.1:{port} (ConnectionError)")
@@ -82,13 +82,13 @@ def test_cli_unreachable_address_is_one_clear_line(cli, tmp_path: Path):
 
 def test_cli_needs_an_address(cli, tmp_path: Path):
     result = cli(["submit", "--", "objective=dpo"], env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "no cluster address" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_cli_token_mode_without_token_fails_before_any_request(cli, tmp_path: Path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "RAY_AUTH_MODE": "token"}
     result = cli(["job", "list", "--address", "http://127.0.0.1:9"], env=env)  # port 9: nothing may be contacted
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip() == ("alignray job: error: RAY_AUTH_MODE=token but no auth token was found "
                                      "(set RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or write ~/.ray/auth_token)")

@@ -17,6 +17,13 @@ SMALL = ["data.demo_train_rows=24", "data.demo_eval_rows=16", "train.micro_batch
          "train.eval_at_start=false", "train.warmup_steps=0", "cluster.num_workers=2"]
 
 
+def _aligned_model(tmp: Path) -> str:
+    """PoFT's aligned LM: another tiny model (different seed) with the demo tokenizer."""
+    from framework.model.demo import build_tiny_llama, demo_tokenizer_path
+
+    return str(build_tiny_llama(tmp / "aligned", demo_tokenizer_path(), seed=1))
+
+
 def _train(tmp: Path, tiny: str, objective: str, *extra: str) -> dict:
     from framework.run import train
 
@@ -30,7 +37,11 @@ def _train(tmp: Path, tiny: str, objective: str, *extra: str) -> dict:
 @pytest.mark.parametrize("objective,reference", [("lipo_lambda", "live"), ("kto", "live"), ("poft", "none"),
                                                  ("bt_reward", "none")])
 def test_family_trains(objective, reference, tmp_path, tiny_model_dir, ray_local):
-    run = _train(tmp_path, tiny_model_dir, objective)
+    extra = [f"data.aligned_models=[{_aligned_model(tmp_path)}]"] if objective == "poft" else []
+    run = _train(tmp_path, tiny_model_dir, objective, *extra)
+    if objective == "poft":  # the aligned LM differs from the policy, so τ does not start at the constant 0.5
+        first = json.loads((run["dir"] / "metrics.jsonl").read_text().splitlines()[0])
+        assert abs(first["tau"] - 0.5) > 1e-3
     assert run["info"]["reference"] == reference
     assert len(run["losses"]) == 3 and all(math.isfinite(v) for v in run["losses"])
     assert run["summary"]["eval_accuracy_end"] is not None

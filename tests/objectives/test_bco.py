@@ -27,9 +27,32 @@ def test_running_mean_over_steps_and_sync():
     for rewards in ([1.0, 3.0], [5.0, 5.0], [0.0, -3.0]):
         _run(obj, rewards, [True, False])
     assert obj.delta == pytest.approx((2.0 + 5.0 - 1.5) / 3)
-    obj.sync_mean = lambda t: t * 0 + 10.0  # the cross-rank mean decides the update
+    seen = []
+    # Another rank contributes two rewards summing to 38: the all-rank sums [Σ w·r, Σ w] decide the update.
+    obj.sync_sum = lambda t: (seen.append(t.clone()), t + tensor([38.0, 2.0]))[1]
     _run(obj, [0.0, 0.0], [True, False])
-    assert obj.delta == pytest.approx(((2.0 + 5.0 - 1.5) + 10.0) / 4)
+    torch.testing.assert_close(seen[0], tensor([0.0, 2.0]))
+    assert obj.delta == pytest.approx((4.0 + 10.0 - 3.0 + 38.0) / 10)
+
+
+def test_delta_is_the_count_weighted_mean_of_real_rewards():
+    obj = build_objective("bco", beta=1.0)
+    _run(obj, [1.0, 3.0, 100.0], [True, False, True], weights=tensor([1.0, 1.0, 0.0]))  # last row is padding
+    assert obj.delta == pytest.approx(2.0)
+    _run(obj, [6.0], [True])  # a smaller call weighs by its count, not as one step
+    assert obj.delta == pytest.approx((1.0 + 3.0 + 6.0) / 3)
+    _run(obj, [50.0, 50.0], [True, False], weights=tensor([0.0, 0.0]))  # all padding: δ unchanged
+    assert obj.delta == pytest.approx(10.0 / 3)
+    _run(obj, [float("nan"), 1.0], [True, False])  # a non-finite micro-batch, skipped by the trainer, neither
+    assert obj.state_dict() == {"delta": pytest.approx(10.0 / 3), "count": 3.0}
+
+
+def test_old_checkpoint_state_loads_with_its_step_count_as_weight():
+    obj = build_objective("bco", beta=1.0)
+    obj.load_state_dict({"delta": 2.0, "steps": 3})
+    _run(obj, [6.0], [True])
+    assert obj.delta == pytest.approx((3 * 2.0 + 6.0) / 4)
+    assert obj.state_dict() == {"delta": pytest.approx(3.0), "count": 4.0}
 
 
 def test_constant_shift_is_absorbed_once_delta_tracked_it():

@@ -32,21 +32,28 @@ def test_reference_point_is_clamped_mean_of_mismatched():
     assert float(negative.metrics["kl"]) == 0.0
 
 
-def test_reference_point_goes_through_sync_mean_and_is_detached():
+def test_reference_point_is_the_step_window_mean_and_is_detached():
     obj = build_objective("kto")
-    seen = []
-    obj.sync_mean = lambda t: (seen.append(t.clone()), t * 0 + 4.0)[1]  # pretend the other ranks' mean is 4
     mis = tensor([1.0, 3.0], requires_grad=True)
     policy, reference = ratio_stats(tensor([[0.0], [0.0]]))
-    out = obj.loss(policy, reference, _batch([True, False], mis))
-    assert float(seen[0]) == pytest.approx(2.0) and not seen[0].requires_grad
-    assert float(out.metrics["kl"]) == 4.0
-    batch = _batch([True, False], mis)
+    batch = {**_batch([True, False], mis), "weights": tensor([1.0, 1.0])}
+    sums = obj.window_stats(batch)["kl"]  # what the trainer adds over the step's micro-batches and ranks
+    torch.testing.assert_close(sums, tensor([4.0, 2.0]))
+    assert not sums.requires_grad
+    out = obj.loss(policy, reference, {**batch, "window_means": {"kl": torch.tensor(4.0, dtype=torch.float64)}})
+    assert float(out.metrics["kl"]) == 4.0  # the trainer's step-wide mean, not this batch's 2.0
     rho = tensor([[0.3], [0.1]], requires_grad=True)
     p, r = ratio_stats(rho)
-    loss = obj.loss(p, r, batch).losses.sum()
-    loss.backward()
+    obj.loss(p, r, batch).losses.sum().backward()
     assert mis.grad is None  # no gradient path into the reference point
+
+
+def test_padding_rows_do_not_enter_the_reference_point():
+    obj = build_objective("kto")
+    policy, reference = ratio_stats(tensor([[0.0], [0.0], [0.0]]))
+    batch = {**_batch([True, False, True], tensor([0.5, 1.5, 100.0])), "weights": tensor([1.0, 1.0, 0.0])}
+    torch.testing.assert_close(obj.window_stats(batch)["kl"], tensor([2.0, 2.0]))
+    assert float(obj.loss(policy, reference, batch).metrics["kl"]) == pytest.approx(1.0)
 
 
 def test_label_swap_symmetry():

@@ -56,17 +56,27 @@ def test_independent_of_padding():
     torch.testing.assert_close(obj.loss(_token_stats(padded_logits, padded_labels, padded_mask), None, {}).losses, obj.loss(_token_stats(logits.detach(), labels, mask), None, {}).losses)
 
 
-def test_token_reduction_across_ranks_uses_the_global_mean_length():
+def test_token_reduction_across_ranks_uses_the_step_window_mean_length():
     logits, labels, mask = _random_batch(3, batch=6)
     full = _token_stats(logits, labels, mask)
-    global_mean_length = full.lengths.mean()
+    obj = build_objective("sft")
+    window = obj.window_stats({"weights": torch.ones(6, dtype=torch.float64), "lengths": full.lengths})["tokens"]
+    means = {"tokens": window[0] / window[1]}  # what the trainer passes after summing over ranks
     per_rank = []
-    for shard in (slice(0, 3), slice(3, 6)):  # two "ranks", the hook returns the all-rank mean
-        obj = build_objective("sft")
-        obj.sync_mean = lambda t: t * 0 + global_mean_length
-        per_rank.append(obj.loss(SequenceStats(full.logps[shard], full.lengths[shard]), None, {}).losses)
+    for shard in (slice(0, 2), slice(2, 6)):  # two "ranks" with unequal counts
+        stats = SequenceStats(full.logps[shard], full.lengths[shard])
+        per_rank.append(obj.loss(stats, None, {"window_means": means}).losses)
     token_mean = -full.logps.sum() / full.lengths.sum()
     torch.testing.assert_close(torch.cat(per_rank).mean(), token_mean)
+
+
+def test_padding_rows_do_not_enter_the_mean_length():
+    logits, labels, mask = _random_batch(4, batch=4)
+    stats = _token_stats(logits, labels, mask)
+    weights = torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    losses = build_objective("sft").loss(stats, None, {"weights": weights}).losses
+    token_mean = -stats.logps[:3].sum() / stats.lengths[:3].sum()
+    torch.testing.assert_close((losses * weights).sum() / weights.sum(), token_mean)
 
 
 def test_rejects_unknown_reduction():

@@ -75,7 +75,7 @@ def test_verify_passes_then_names_the_corrupted_shard(built, tmp_path):
 @pytest.mark.parametrize("args", [["build", "missing.jsonl", "--out", "x"], ["info", "not-a-store"]])
 def test_fatal_errors_are_one_line_without_traceback(args, tmp_path):
     result = alignray(*[str(tmp_path / a) if a in ("missing.jsonl", "x", "not-a-store") else a for a in args])
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("alignray store: error:") and str(tmp_path) in lines[0]
 
@@ -109,7 +109,7 @@ def test_map_option_and_in_process_entrypoint(tmp_path, tokenizer_dir, capsys):
     assert open_store(str(tmp_path / "s")).table()["responses"].to_pylist() == [["yes", "no"]]
     assert main(["info", str(tmp_path / "s"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rows_written"] == 1
-    with pytest.raises(SystemExit, match="col=field"):
+    with pytest.raises(StoreError, match="COL=FIELD"):
         main(args[:-2] + ["--map", "nonsense"])
 
 

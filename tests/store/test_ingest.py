@@ -131,8 +131,9 @@ def test_parallel_build_equals_serial_build(tmp_path, tokenizer_dir):
 
 def test_demo_data_builds_every_shape(tmp_path):
     demo = pytest.importorskip("framework.demo_data")
-    pytest.importorskip("framework.model.demo")
+    model_demo = pytest.importorskip("framework.model.demo")
     for kind, make in demo.SHAPES.items():
         source = demo.write_jsonl(make(50, seed=1), tmp_path / f"{kind}.jsonl")
-        version = build_store([str(source)], str(tmp_path / kind), progress=False, num_proc=1)
+        version = build_store([str(source)], str(tmp_path / kind), tokenizer=str(model_demo.demo_tokenizer_path()),
+                              progress=False, num_proc=1)
         assert (version.kind, version.num_rows, version.manifest["counts"]["rows_rejected"]) == (kind, 50, 0)

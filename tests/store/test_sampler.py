@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from framework.store.errors import StoreError
+
 from framework.store import EpochSampler
 
 
@@ -63,5 +65,5 @@ def test_resume_neither_skips_nor_repeats(stop_after):
 
 def test_state_from_another_setup_is_refused():
     state = world(103, 2, 4)[0].state_dict()
-    with pytest.raises(ValueError, match="world_size"):
+    with pytest.raises(StoreError, match="world_size"):
         EpochSampler(103, rank=0, world_size=4, batch_size=4, seed=7).load_state_dict(state)
