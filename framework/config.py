@@ -121,7 +121,8 @@ ALLOWED: Dict[str, Tuple[Any, ...]] = {
     "data.use_stored_reference": ("auto", "never", "require"),
 }
 POSITIVE = ("cluster.num_workers", "train.max_steps", "train.micro_batch_size", "train.grad_accum",
-            "data.max_length", "data.max_prompt_length", "train.lr", "cluster.cpus_per_worker")
+            "data.max_length", "data.max_prompt_length", "train.lr", "cluster.cpus_per_worker",
+            "cluster.placement_timeout_s")
 
 
 def _build(cls: Type[T], values: Mapping[str, Any], prefix: str) -> T:
