@@ -18,3 +18,15 @@ def test_plot_written_from_metrics(tmp_path):
 def test_no_steps_no_plot(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval/x": 1.0}) + "\n")
     assert plot_metrics(tmp_path / "metrics.jsonl") is None
+
+
+def test_multi_objective_runs_get_accuracy_and_coefficient_panels():
+    from framework.plots import _multi_objective_panels, _running_mean
+
+    keys = ["loss", "rewards/accuracy", "eval/policy_accuracy", "topic/accuracy", "brevity/accuracy", "topic/loss",
+            "mo/coef/topic", "mo/coef/brevity", "mo/cos/topic-brevity"]
+    panels = dict(_multi_objective_panels(keys))
+    assert panels == {"objective accuracy (10-step mean)": ["brevity/accuracy", "topic/accuracy"],
+                      "gradient coefficients": ["mo/coef/brevity", "mo/coef/topic"]}
+    assert _multi_objective_panels(["loss", "rewards/accuracy"]) == []
+    assert _running_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
