@@ -191,6 +191,11 @@ def from_dict(raw: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(f"data.udm=true needs objective=bco (UDM weights only weight BCO's undesirable examples), "
                           f"not objective={config.objective_name}")
     _check_stored_reference(config)
+    if config.objective.get("gram") == "params" and (
+            config.train.grad_accum != 1 or config.deepspeed.dtype == "fp16" or config.deepspeed.offload_optimizer):
+        raise ConfigError("objective.gram=params (exact per-objective gradient Gram) needs train.grad_accum=1, "
+                          "deepspeed.dtype fp32 or bf16 and no deepspeed.offload_optimizer",
+                          "change those, or use objective.gram=logps")
     if "mismatched" in objective_class_requires(config.objective_name) and config.train.micro_batch_size < 2:
         raise ConfigError(f"objective={config.objective_name} needs train.micro_batch_size >= 2 (its mismatched "
                           "completions come from the other examples of the micro-batch)")

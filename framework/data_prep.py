@@ -169,8 +169,24 @@ def prepare(cfg: RunConfig) -> Prepared:
         eval_source = str(demo_data.write_jsonl(demo_data.pairs(cfg.data.demo_eval_rows, seed=2), output / "data" / "demo-pairs-eval.jsonl"))
     train_store = _store_from(train, store_root / "train", tokenizer_path, kind, cfg)
     train_store = _add_model_columns(train_store, requires, model_path, cfg)
+    if feedback == "multi":
+        _check_objective_count(cfg, train_store)
     eval_store = _store_from(eval_source, store_root / "eval", tokenizer_path, "pairwise", cfg) if eval_source else None
     return Prepared(model_path, cfg.model.reference_path or model_path, tokenizer_path, train_store, eval_store)
+
+
+def _check_objective_count(cfg: RunConfig, store_path: str) -> None:
+    """Multi-objective weights (and MODPO's target) must fit the store's objectives; said here, before Ray."""
+    from framework.store import open_store
+
+    names = open_store(store_path).table(columns=["objective_names"]).column("objective_names")[0].as_py() or []
+    weights, target = cfg.objective.get("weights"), cfg.objective.get("target")
+    if weights is not None and len(weights) != len(names):
+        raise ConfigError(f"objective.weights has {len(weights)} entries but the data has {len(names)} objectives "
+                          f"({', '.join(names)})", "give one weight per objective, in this order")
+    if target is not None and not 0 <= int(target) < len(names):
+        raise ConfigError(f"objective.target={target} but the data has {len(names)} objectives ({', '.join(names)})",
+                          f"use an index from 0 to {len(names) - 1}")
 
 
 def _add_model_columns(store_path: str, requires: tuple, model_path: str, cfg: RunConfig) -> str:

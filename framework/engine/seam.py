@@ -9,7 +9,7 @@ import contextlib
 import logging
 import math
 import os
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
@@ -143,6 +143,67 @@ class DeepSpeedSeam:
         back to the model after that step, unchanged. Call it on every rank, before the boundary `step()`."""
         self._optimizer.skip_updates = True
 
+    def gradient_gram(self, losses: Sequence[torch.Tensor]) -> torch.Tensor:
+        """H_ij = <g_i, g_j> (m×m float64, CPU, the same on every rank) of the gradients DeepSpeed would apply
+        for each loss alone: reduced and averaged over ranks as in a normal step, before clipping.
+
+        Each loss gets its own engine backward (retain_graph: one forward serves all); this rank keeps only
+        its partition of the reduced gradient (ZeRO-1/2/3; under ZeRO-0 every rank holds the full gradient
+        and takes a disjoint share of the parameters) so the next backward starts from zero, and one
+        all-reduce sums the local dot products. Call it on every rank after the forward and before the
+        step's single combined `backward` (Σ a_i·L_i) and `step`. Costs m extra backwards and m partitions.
+
+        Only grad_accum=1: ZeRO-0/1 reduce at the accumulation boundary only and ZeRO-2/3 add each backward
+        into the partitions of the earlier micro-batches, so g_i of one micro-batch is not available
+        without snapshotting those partitions. fp32 and bf16; not fp16 or optimizer offload."""
+        if self.train.grad_accum != 1:
+            raise ValueError(f"the exact gradient Gram needs train.grad_accum=1 (got {self.train.grad_accum}): "
+                             "use the log-prob Gram or no gradient accumulation")
+        if self.ds.dtype == "fp16" or self.ds.offload_optimizer:
+            raise ValueError("the exact gradient Gram supports neither deepspeed.dtype=fp16 (loss-scaled "
+                             "gradients) nor deepspeed.offload_optimizer (gradients accumulate in CPU buffers)")
+        counters = self._backward_counters()
+        partitions = []
+        for loss in losses:
+            self.engine.backward(loss, retain_graph=True)
+            partitions.append(self._local_gradient())
+            self._reset_gradients()
+            _restore_counters(counters)
+        return self.all_reduce_sum(_gram(partitions)).cpu()
+
+    def _backward_counters(self) -> Dict[Any, Dict[str, int]]:
+        """ZeRO-3 re-gathers a module's weights in backward only while the counters its forward hooks set
+        are positive, and each backward consumes them: keep them to replay the retained graph."""
+        if self.ds.zero_stage != 3:
+            return {}
+        names = ("applied_pre_backward_ref_cnt", "ds_grads_remaining")
+        return {module: {name: module.__dict__[name] for name in names if name in module.__dict__}
+                for module in self.engine.module.modules()}
+
+    def _local_gradient(self) -> torch.Tensor:
+        """This rank's share of the reduced gradient as one flat fp32 copy (disjoint across ranks)."""
+        params = [p for p in self.engine.module.parameters() if p.requires_grad]
+        if self.ds.zero_stage == 0:  # full averaged gradient on every rank: a disjoint share of the parameters
+            mine = params[self.rank::self.world_size]
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in mine]
+        elif self.ds.zero_stage == 3:
+            from deepspeed.utils import safe_get_local_grad
+
+            grads = [safe_get_local_grad(p) for p in params]
+        else:  # the fragments of `averaged_gradients` the optimizer steps from
+            grads = [p._hp_mapping.get_lp_grad_fragment(p._index_in_param_group) for p in params
+                     if getattr(p, "_hp_mapping", None) is not None]  # None: no fragment on this rank
+        if not grads:
+            return torch.zeros(0)
+        return torch.cat([g.detach().reshape(-1).float() for g in grads])
+
+    def _reset_gradients(self) -> None:
+        """Let the next backward start from zero. ZeRO-0 accumulates into `param.grad`. ZeRO-1/2 rebuild
+        their partitions at each boundary backward from that backward's gradients alone, and ZeRO-3 copies
+        (not adds) into its partitions while `micro_step_id` is 0, which it stays within one forward."""
+        if self.ds.zero_stage == 0:
+            self.engine.zero_grad()
+
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])
 
@@ -166,6 +227,21 @@ class DeepSpeedSeam:
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint could be loaded from {directory}")
         return client_state or {}
+
+
+def _restore_counters(counters: Dict[Any, Dict[str, int]]) -> None:
+    for module, values in counters.items():
+        module.__dict__.update(values)
+
+
+def _gram(partitions: List[torch.Tensor], chunk: int = 1 << 20) -> torch.Tensor:
+    """Σ over chunks of P·Pᵀ in float64, P the m partitions stacked, without a float64 copy of all of P."""
+    m = len(partitions)
+    gram = torch.zeros(m, m, dtype=torch.float64, device=partitions[0].device)
+    for start in range(0, partitions[0].numel(), chunk):
+        block = torch.stack([p[start:start + chunk] for p in partitions]).double()
+        gram += block @ block.T
+    return gram
 
 
 def _skippable(optimizer_class: type) -> type:

@@ -98,10 +98,6 @@ class StepRunner:
             out, policy_stats = self.objective_output(mb, {**batch, "window_means": window_means})
             weights = mb.weights.to(out.losses.device, out.losses.dtype)
             loss = (out.losses * weights).sum() * scale
-            if getattr(out, "components", None) is not None and hasattr(self.objective, "coefficients"):
-                loss, extra = combined_loss(self.seam, self.objective, out, policy_stats.logps, weights, scale,
-                                            objective_names(batch, out.components.shape[1]))
-                out.metrics.update(extra)
             # Every rank must take the same branch, or collectives inside backward/step deadlock.
             finite = self.seam.all_reduce_sum(torch.tensor([float(torch.isfinite(loss))], dtype=torch.float64))
             if float(finite[0]) < self.seam.world_size:
@@ -111,6 +107,11 @@ class StepRunner:
                 self.seam.skip_next_update()
                 loss = (policy_stats.logps.nan_to_num(0.0, 0.0, 0.0) * 0.0).sum()
             else:
+                if getattr(out, "components", None) is not None and hasattr(self.objective, "coefficients"):
+                    # After the finiteness check: the exact Gram runs collective backwards on every rank.
+                    loss, extra = combined_loss(self.seam, self.objective, out, policy_stats.logps, weights, scale,
+                                                objective_names(batch, out.components.shape[1]))
+                    out.metrics.update(extra)
                 accumulate_metrics(sums, out, weights.detach().double().cpu())
                 sums["tokens"] += torch.tensor([float(mb.tokens.num_tokens), 1.0], dtype=torch.float64)
             self.seam.backward(loss)

@@ -147,12 +147,13 @@ class GradientCombinedObjective(MultiObjective):
     """A multi-objective loss whose update direction Σ_i a_i·g_i is chosen from the Gram matrix H of the
     per-objective gradients by `gradient_coefficients(method, H, w, **hparams)` (see `_gradients.py`).
 
-    `gram` says which gradients H is built from: "logps" (cheap, approximate) takes the gradients of the L_i
-    with respect to the per-sequence log-probs of the global batch, H_ij = Σ_b ⟨∂L_i/∂ℓ_b, ∂L_j/∂ℓ_b⟩ — no
-    extra backward through the model, but it ignores how parameters couple different sequences."""
+    `gram` says which gradients H is built from: "params" (exact) over the model parameters, one extra backward
+    per objective (framework/engine/multi.py); "logps" (cheap, approximate) with respect to the per-sequence
+    log-probs of the global batch, H_ij = Σ_b ⟨∂L_i/∂ℓ_b, ∂L_j/∂ℓ_b⟩ — no extra backward through the model, but it
+    ignores how parameters couple different sequences."""
 
     method: str = ""
-    GRAM_MODES = ("logps",)
+    GRAM_MODES = ("params", "logps")
 
     def __init__(self, weights: Optional[Sequence[float]], component: str, component_args: Optional[Mapping[str, Any]],
                  gram: str) -> None:

@@ -17,7 +17,7 @@ class CAGrad(GradientCombinedObjective):
     method = "cagrad"
 
     def __init__(self, weights: Optional[Sequence[float]] = None, c: float = 0.5, rescale: str = "1/(1+c^2)",
-                 component: str = "dpo", component_args: Optional[Mapping[str, Any]] = None, gram: str = "logps") -> None:
+                 component: str = "dpo", component_args: Optional[Mapping[str, Any]] = None, gram: str = "params") -> None:
         super().__init__(weights, component, component_args, gram)
         if not 0.0 <= float(c) < 1.0:
             raise ValueError(f"cagrad: c must be in [0, 1), got {c}")

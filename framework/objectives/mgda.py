@@ -17,5 +17,5 @@ class MGDA(GradientCombinedObjective):
     method = "mgda"
 
     def __init__(self, weights: Optional[Sequence[float]] = None, component: str = "dpo",
-                 component_args: Optional[Mapping[str, Any]] = None, gram: str = "logps") -> None:
+                 component_args: Optional[Mapping[str, Any]] = None, gram: str = "params") -> None:
         super().__init__(weights, component, component_args, gram)

@@ -17,7 +17,7 @@ class PCGrad(GradientCombinedObjective):
     method = "pcgrad"
 
     def __init__(self, weights: Optional[Sequence[float]] = None, seed: int = 0, component: str = "dpo",
-                 component_args: Optional[Mapping[str, Any]] = None, gram: str = "logps") -> None:
+                 component_args: Optional[Mapping[str, Any]] = None, gram: str = "params") -> None:
         super().__init__(weights, component, component_args, gram)
         self.seed = int(seed)
         self._calls = 0

@@ -22,7 +22,7 @@ class RACO(GradientCombinedObjective):
     method = "raco"
 
     def __init__(self, weights: Optional[Sequence[float]] = None, c: float = 0.4, clip: bool = True,
-                 component: str = "dpo", component_args: Optional[Mapping[str, Any]] = None, gram: str = "logps") -> None:
+                 component: str = "dpo", component_args: Optional[Mapping[str, Any]] = None, gram: str = "params") -> None:
         super().__init__(weights, component, component_args, gram)
         if not 0.0 <= float(c) < 1.0:
             raise ValueError(f"raco: c must be in [0, 1), got {c}")

@@ -28,8 +28,8 @@ class Case(NamedTuple):
     intact: Optional[str] = None  # a store root whose versions must not change, or "run" for train's output_dir
 
 
-def _train(name: str, overrides: List[str], expect: str, **kw) -> Case:
-    return Case(name, ["train", *overrides, f"output_dir={{tmp}}/runs/{name}"], expect, intact="run", **kw)
+def _train(name: str, overrides: List[str], expect: str, intact: Optional[str] = "run", **kw) -> Case:
+    return Case(name, ["train", *overrides, f"output_dir={{tmp}}/runs/{name}"], expect, intact=intact, **kw)
 
 
 CASES = [
@@ -68,6 +68,10 @@ CASES = [
     _train("train-raco-bad-c", ["objective=raco", "objective.c=1.5"], "raco: c must be in [0, 1)"),
     _train("train-multi-bad-weights", ["objective=weighted_sum", "objective.weights=[-1,2]"], "weights must be non-negative"),
     _train("train-multi-bad-component", ["objective=raco", "objective.component=kto"], "must be a pairwise objective"),
+    _train("train-multi-weights-vs-data", ["objective=raco", "objective.weights=[0.5,0.3,0.2]", "data.demo_train_rows=8",
+                                         "model.path={tiny}"],
+           "objective.weights has 3 entries but the data has 2 objectives (topic, brevity)", intact=None),
+    _train("train-exact-gram-accumulation", ["objective=raco", "train.grad_accum=2"], "objective.gram=params"),
     _train("train-poft-no-aligned-models", ["objective=poft"], "data.aligned_models"),
     _train("train-udm-not-bco", ["objective=dpo", "data.udm=true"], "data.udm=true needs objective=bco"),
     _train("train-dove-joint-stored", ["objective=dove", "objective.joint=true", "data.use_stored_reference=require"],

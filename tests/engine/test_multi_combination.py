@@ -1,4 +1,5 @@
-"""`combined_loss`: the backpropagated Σ a_i·L_i has the gradient Σ a_i·g_i of the solved combination, and the
+"""`combined_loss` with the log-prob Gram (the exact parameter Gram is tested in test_gradient_gram.py and end to
+end in test_multi_objective.py): the backpropagated Σ a_i·L_i has the gradient Σ a_i·g_i of the solved combination, and the
 Gram matrix is exact when the batch is split over ranks (2 gloo processes vs one)."""
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def _inputs(batch=6, seed=0):
 
 
 @pytest.mark.parametrize("name,hparams", [("raco", {"weights": [0.7, 0.3]}), ("mgda", {}), ("pcgrad", {}),
-                                          ("cagrad", {"c": 0.3})])
+                                          ("cagrad", {"c": 0.3})])  # the log-prob Gram (no engine needed)
 def test_backpropagated_loss_has_the_combined_gradient(name, hparams):
-    objective = build_objective(name, **hparams)
+    objective = build_objective(name, gram="logps", **hparams)
     policy, reference, batch = _inputs()
     out = objective.loss(policy, reference, batch)
     weights = torch.ones(6, dtype=torch.float64)
@@ -51,7 +52,7 @@ def test_backpropagated_loss_has_the_combined_gradient(name, hparams):
 
 
 def test_raco_with_c0_is_the_weighted_sum_loss():
-    objective = build_objective("raco", weights=[0.6, 0.4], c=0.0)
+    objective = build_objective("raco", weights=[0.6, 0.4], c=0.0, gram="logps")
     policy, reference, batch = _inputs(seed=3)
     out = objective.loss(policy, reference, batch)
     weights = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 1.0], dtype=torch.float64)  # one padding row
@@ -62,7 +63,7 @@ def test_raco_with_c0_is_the_weighted_sum_loss():
 def _rank(rank: int, port: int, result: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
-    objective = build_objective("raco", weights=[0.7, 0.3])
+    objective = build_objective("raco", weights=[0.7, 0.3], gram="logps")
     policy, reference, batch = _inputs(batch=8, seed=5)
     rows = slice(rank * 4, rank * 4 + 4)
     policy = type(policy)(policy.logps.detach()[rows].clone().requires_grad_(True), policy.lengths[rows])
@@ -83,7 +84,7 @@ def test_gram_over_two_ranks_equals_one_process():
     manager = mp.get_context("spawn").Manager()
     result = manager.dict()
     mp.start_processes(_rank, args=(port, result), nprocs=2, start_method="spawn", join=True)
-    objective = build_objective("raco", weights=[0.7, 0.3])
+    objective = build_objective("raco", weights=[0.7, 0.3], gram="logps")
     policy, reference, batch = _inputs(batch=8, seed=5)
     out = objective.loss(policy, reference, batch)
     loss, metrics = combined_loss(_Local(), objective, out, policy.logps, torch.ones(8, dtype=torch.float64), 1 / 8, ["a", "b"])

@@ -42,14 +42,16 @@ def test_modpo_trains_on_one_worker(tmp_path, tiny_model_dir, ray_local):
 
 
 def test_raco_zero3_two_workers_equals_one_worker(tmp_path, tiny_model_dir, ray_local):
-    """The coefficients come from a Gram matrix summed across ranks: 2 ranks (ZeRO-3) × 4 pairs take the same
-    steps as 1 rank (ZeRO-2) × 8 pairs."""
+    """The coefficients come from the exact parameter-space Gram (gram=params, the default), built from each
+    rank's ZeRO partition and summed across ranks: 2 ranks (ZeRO-3) × 4 pairs take the same steps as 1 rank
+    (ZeRO-2) × 8 pairs."""
     common = ["objective=raco", "objective.weights=[0.7,0.3]", "train.length_grouping=false"]
     two = _losses(tmp_path, tiny_model_dir, "raco2", common + ["deepspeed=zero3", "cluster.num_workers=2"])
     one = _losses(tmp_path, tiny_model_dir, "raco1", common + ["deepspeed=zero2", "cluster.num_workers=1",
                                                                "train.micro_batch_size=8"])
     assert two[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
-    for key in ("loss", "mo/coef/topic", "mo/coef/brevity", "mo/cos/topic-brevity", "topic/loss"):
+    for key in ("loss", "mo/coef/topic", "mo/coef/brevity", "mo/cos/topic-brevity", "mo/grad_norm/topic", "topic/loss",
+                "mo/logps_coef_error"):
         assert [r[key] for r in two] == pytest.approx([r[key] for r in one], rel=1e-4, abs=1e-5), key
     # The objectives conflict, and RACO adds weight to the one the weighted sum serves worst (brevity, w = 0.3).
     assert two[0]["mo/cos/topic-brevity"] < 0 and two[0]["mo/coef/brevity"] > 0.3 + 1e-3
