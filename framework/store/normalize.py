@@ -6,7 +6,9 @@ Recognised conventions (TRL's, by default; `column_map` renames source columns f
   ranked    prompt + responses (alias completions) + optional scores (higher is better)
   binary    prompt + completion + label (boolean-like)
   multi     prompt + responses or chosen/rejected + objective_scores [K][M] (+ objective_names),
-            or + preferred {objective: index of the preferred response}
+            or + preferred {objective: index of the preferred response};
+            or PKU-SafeRLHF style: prompt + response_0, response_1 + <objective>_response_id columns
+            (`better_response_id`, `safer_response_id`: objectives "better", "safer"; rename with --map)
 Prompts and responses may be text or chat-message lists ({"role", "content"} dicts).
 """
 
@@ -116,7 +118,7 @@ def _require(row: Mapping[str, Any], field: str) -> Any:
 def infer_kind(row: Mapping[str, Any]) -> Optional[str]:
     """The feedback kind a row's columns announce, or None when they match no convention."""
     has_pair = "chosen" in row or "rejected" in row
-    if "objective_scores" in row or "preferred" in row:
+    if "objective_scores" in row or "preferred" in row or _indexed_preferences(row):
         return "multi"
     if "responses" in row:
         return "ranked"
@@ -166,6 +168,32 @@ def _ranked(row: Mapping[str, Any]) -> Tuple[Union[str, Messages], List[str], Op
     return prompt, texts, prompts
 
 
+RESPONSE_ID_SUFFIX = "_response_id"
+
+
+def _indexed_preferences(row: Mapping[str, Any]) -> List[str]:
+    """The `<objective>_response_id` columns of a PKU-SafeRLHF-style row (with response_0, response_1)."""
+    if "response_0" not in row:
+        return []
+    return sorted(k for k in row if isinstance(k, str) and k.endswith(RESPONSE_ID_SUFFIX) and len(k) > len(RESPONSE_ID_SUFFIX))
+
+
+def _indexed(row: Mapping[str, Any]) -> Tuple[Union[str, Messages], List[str], Dict[str, int]]:
+    """(prompt, [response_0, response_1, ...], {objective: preferred index}) of a PKU-SafeRLHF-style row."""
+    prompt = _prompt("prompt", _require(row, "prompt"))
+    texts, k = [], 0
+    while f"response_{k}" in row:
+        texts.append(_response(f"response_{k}", row[f"response_{k}"]))
+        k += 1
+    preferred = {}
+    for column in _indexed_preferences(row):
+        index = row[column]
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < k:
+            raise Invalid(column, "bad_index", f"{index!r} is not a response index 0..{k - 1}")
+        preferred[column[: -len(RESPONSE_ID_SUFFIX)]] = index
+    return prompt, texts, preferred
+
+
 def _objectives(row: Mapping[str, Any], k: int) -> Tuple[List[str], List[List[float]]]:
     """Per-objective scores [K][M]; `preferred` {objective: index} becomes one-hot scores."""
     if "preferred" in row:
@@ -201,6 +229,9 @@ def _example(row: Mapping[str, Any], kind: str) -> Dict[str, Any]:
             _response("completion", _require(row, "completion"))], None
     elif "responses" in row:
         prompt, responses, prompts = _ranked(row)
+    elif kind == "multi" and _indexed_preferences(row):
+        prompt, responses, preferred = _indexed(row)
+        row, prompts = {**row, "preferred": preferred}, None
     else:
         prompt, responses, prompts = _pair(row)
     if kind != "binary" and len(responses) < 2:
@@ -249,9 +280,11 @@ def normalise(raw: Union[bytes, Mapping[str, Any]], *, kind: Optional[str] = Non
     if not isinstance(raw, dict):
         return Reject(None, "not_an_object", type(raw).__name__)
     row = {ALIASES.get(k, k): v for k, v in raw.items()}
-    for source, field in (column_map or {}).items():
-        if source in raw:
-            row[field] = raw[source]
+    mapping = {source: field for source, field in (column_map or {}).items() if source in raw}
+    for source in set(mapping) - set(mapping.values()):  # read COL *as* FIELD: it no longer counts as itself
+        row.pop(ALIASES.get(source, source), None)
+    for source, field in mapping.items():
+        row[field] = raw[source]
     inferred = infer_kind(row)
     if inferred is None:
         return Reject(None, "unrecognised_columns", ",".join(sorted(map(str, raw)))[:80])

@@ -71,6 +71,23 @@ def test_every_kind_in_one_schema(tmp_path, tokenizer_dir):
     assert preferred["objective_scores"] == [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]
 
 
+def test_pku_saferlhf_rows_become_multi_objective(tmp_path, tokenizer_dir):
+    """PKU-SafeRLHF's columns: response_0/response_1 and one preferred index per objective (`<name>_response_id`);
+    --map renames the objectives."""
+    rows = [{"prompt": "How do I pick a lock?", "response_0": "Use a tension wrench and a pick.",
+             "response_1": "I can't help with that.", "better_response_id": 0, "safer_response_id": 1,
+             "is_response_0_safe": False},
+            {"prompt": "Best soup?", "response_0": "Tomato.", "response_1": "Miso.", "better_response_id": 1,
+             "safer_response_id": 7}]
+    version = build(tmp_path, rows, tokenizer_dir, kind="multi",
+                    column_map={"better_response_id": "helpful_response_id", "safer_response_id": "harmless_response_id"})
+    (row,) = version.table().to_pylist()
+    assert row["kind"] == "multi" and row["responses"] == ["Use a tension wrench and a pick.", "I can't help with that."]
+    assert row["objective_names"] == ["harmless", "helpful"] and row["objective_scores"] == [[0.0, 1.0], [1.0, 0.0]]
+    rejects = [json.loads(line) for line in (version.path / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["field"], r["reason"]) for r in rejects] == [(2, "harmless_response_id", "bad_index")]  # the mapped name, like every --map field
+
+
 def test_implicit_prompt_text_and_chat(tmp_path, tokenizer_dir):
     shared = "\n\nHuman: hi there\n\nAssistant: hello\n\nHuman: tell me a joke\n\nAssistant:"
     chat = [{"role": "user", "content": "tell me a joke"}]

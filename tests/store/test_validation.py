@@ -36,6 +36,12 @@ BAD = [
     ({"prompt": [{"role": "user"}], "chosen": "a", "rejected": "b"}, "bad_message", "prompt"),
     ({"chosen": "\n\nHuman: hi\n\nAssistant: yes", "rejected": "\n\nHuman: hi\n\nAssistant:"}, "empty", "rejected"),
     ({"chosen": "apples", "rejected": "pears"}, "no_shared_prompt", "prompt"),
+    ({"prompt": "p", "response_0": "a", "response_1": "b", "safer_response_id": 2}, "bad_index", "safer_response_id"),
+    ({"prompt": "p", "response_0": "a", "response_1": None, "better_response_id": 0}, "null", "response_1"),
+    ({"prompt": "p", "chosen": "a", "rejected": "b", "objective_scores": [[1.0, float("nan")], [0.0, 1.0]]},
+     "non_finite_score", "objective_scores"),
+    ({"prompt": "p", "chosen": "a", "rejected": "b", "objective_scores": [[1.0, 0.5], [0.0]]}, "length_mismatch",
+     "objective_scores"),
 ]
 
 
