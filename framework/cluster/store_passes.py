@@ -12,6 +12,7 @@ Rows are split into contiguous ranges, one Ray task per range; results come back
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -141,8 +142,6 @@ def add_samples(store_path: str, model_path: str, *, k: int = 4, max_new_tokens:
 
 def _aligned_part(store_path: str, start: int, end: int, *, model_paths: Sequence[str], batch_size: int) -> List[list]:
     """Per row, per response: [mean log-prob under each aligned model], each model with its own tokenizer."""
-    import json
-
     import torch
 
     from framework.engine.step import stats
@@ -159,7 +158,7 @@ def _aligned_part(store_path: str, start: int, end: int, *, model_paths: Sequenc
         values: List[List[float]] = []
         for first in range(0, len(rows), batch_size):
             chunk = rows[first : first + batch_size]
-            prompts = [_encode_prompt(tokenizer, r["prompt"], r["prompt_is_chat"], json) for r in chunk]
+            prompts = [_encode_prompt(tokenizer, r["prompt"], r["prompt_is_chat"]) for r in chunk]
             responses = [[tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
                           for t in r["responses"]] for r in chunk]
             tokens = collate(prompts, responses, pad_id=tokenizer.pad_token_id, max_length=10**6, max_prompt_length=10**6)
@@ -171,7 +170,7 @@ def _aligned_part(store_path: str, start: int, end: int, *, model_paths: Sequenc
             for i in range(len(rows))]
 
 
-def _encode_prompt(tokenizer: Any, prompt: str, is_chat: bool, json: Any) -> List[int]:
+def _encode_prompt(tokenizer: Any, prompt: str, is_chat: bool) -> List[int]:
     if is_chat and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(json.loads(prompt), add_generation_prompt=True, tokenize=True)
     return tokenizer(prompt)["input_ids"]
@@ -195,8 +194,6 @@ def _prompt_embedder(model_path: str, max_prompt_length: int, batch_size: int) -
     """Load the model once; return embed(store, rows) -> [len(rows), D] float32: the mean of the model's last
     hidden states over each prompt's tokens (tokenised by the embedding model's own tokenizer, its last
     `max_prompt_length` tokens; identical prompts are embedded once)."""
-    import json
-
     import torch
 
     from framework.model.loading import load_causal_lm, load_tokenizer
@@ -210,7 +207,7 @@ def _prompt_embedder(model_path: str, max_prompt_length: int, batch_size: int) -
         unique = list(dict.fromkeys(keys))
         pooled = []
         for first in range(0, len(unique), batch_size):
-            ids = [_encode_prompt(tokenizer, p, chat, json)[-max_prompt_length:] for p, chat in unique[first : first + batch_size]]
+            ids = [_encode_prompt(tokenizer, p, chat)[-max_prompt_length:] for p, chat in unique[first : first + batch_size]]
             width = max(len(i) for i in ids)
             input_ids = torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i in ids])
             mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])

@@ -12,7 +12,7 @@ from framework.engine.multi import combined_loss
 from framework.model.batching import TokenBatch, collate
 from framework.model.logprobs import sequence_logps, sequence_rewards
 from framework.objectives import Objective, SequenceStats
-from framework.objectives._multi import objective_names
+from framework.objectives._multi import GradientCombinedObjective, objective_names
 from framework.objectives.base import ratio
 
 
@@ -107,7 +107,7 @@ class StepRunner:
                 self.seam.skip_next_update()
                 loss = (policy_stats.logps.nan_to_num(0.0, 0.0, 0.0) * 0.0).sum()
             else:
-                if getattr(out, "components", None) is not None and hasattr(self.objective, "coefficients"):
+                if isinstance(self.objective, GradientCombinedObjective):
                     # After the finiteness check: the exact Gram runs collective backwards on every rank.
                     loss, extra = combined_loss(self.seam, self.objective, out, policy_stats.logps, weights, scale,
                                                 objective_names(batch, out.components.shape[1]))

@@ -15,7 +15,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from framework.objectives._common import check_pairwise, require_key
-from framework.objectives._gradients import Combination, combine
 from framework.objectives.base import Objective, ObjectiveOutput, SequenceStats, build_objective, objective_class
 
 Tensor = torch.Tensor
@@ -165,7 +164,3 @@ class GradientCombinedObjective(MultiObjective):
     def method_hparams(self) -> Dict[str, Any]:
         """Hyperparameters passed to `gradient_coefficients` besides H and w."""
         return {}
-
-    def coefficients(self, gram: Tensor, weights: Tensor) -> Combination:
-        """The solved combination for this step's Gram matrix and weights."""
-        return combine(self.method, gram, weights, **self.method_hparams())
