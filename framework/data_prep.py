@@ -14,6 +14,7 @@ from typing import Optional
 
 from framework.config import ConfigError, RunConfig
 from framework.errors import UserError
+from framework.model.loading import check_model_source
 
 log = logging.getLogger(__name__)
 FEEDBACK_TO_KIND = {"pairwise": "pairwise", "listwise": "ranked", "binary": "binary", "multi": "multi", "sft": "pairwise"}
@@ -106,7 +107,7 @@ def _check_resume(resume: Optional[str]) -> None:
 
 def check_inputs(cfg: RunConfig) -> None:
     """User-given paths, checked on the driver before any store build or Ray start, so a typo costs a second."""
-    from framework.model.loading import check_model_source, check_tokenizer_source
+    from framework.model.loading import check_tokenizer_source
 
     _check_sources("data.train", cfg.data.train)
     _check_sources("data.eval", cfg.data.eval)
@@ -124,6 +125,17 @@ def check_inputs(cfg: RunConfig) -> None:
         check_tokenizer_source(cfg.model.path, "model.path")
     _check_resume(cfg.resume)
     _check_aligned_models(cfg)
+    _check_orchestrator(cfg)
+
+
+def _check_orchestrator(cfg: RunConfig) -> None:
+    """PRO's saved adapter and adapter encoder, when named."""
+    adapter, encoder = cfg.objective.get("adapter"), cfg.objective.get("adapter_encoder")
+    if adapter and not (Path(adapter) / "orchestrator.json").exists():
+        raise UserError(f"objective.adapter={adapter}: not an orchestrator adapter (no orchestrator.json)",
+                        "train one with `alignray orchestrate train`, or leave objective.adapter=null to train one first")
+    if encoder:
+        check_model_source(encoder, "objective.adapter_encoder")
 
 
 def _check_aligned_models(cfg: RunConfig) -> None:
@@ -164,14 +176,23 @@ def prepare(cfg: RunConfig) -> Prepared:
         if "self_samples" in requires:  # D2O learns from human negatives only
             rows = (row for row in rows if not row["label"])
         train = str(demo_data.write_jsonl(rows, output / "data" / f"demo-{kind}-train.jsonl"))
-    eval_source = cfg.data.eval
+    eval_source, eval_kind = cfg.data.eval, "multi" if feedback == "multi" else "pairwise"
     if eval_source is None and cfg.data.train is None:
-        eval_source = str(demo_data.write_jsonl(demo_data.pairs(cfg.data.demo_eval_rows, seed=2), output / "data" / "demo-pairs-eval.jsonl"))
+        make_eval = demo_data.multi if feedback == "multi" else demo_data.pairs
+        eval_source = str(demo_data.write_jsonl(make_eval(cfg.data.demo_eval_rows, seed=2),
+                                                output / "data" / f"demo-{eval_kind}-eval.jsonl"))
     train_store = _store_from(train, store_root / "train", tokenizer_path, kind, cfg)
     train_store = _add_model_columns(train_store, requires, model_path, cfg)
     if feedback == "multi":
         _check_objective_count(cfg, train_store)
-    eval_store = _store_from(eval_source, store_root / "eval", tokenizer_path, "pairwise", cfg) if eval_source else None
+    eval_store = _store_from(eval_source, store_root / "eval", tokenizer_path, eval_kind, cfg) if eval_source else None
+    if "prompt_weights" in requires:  # PRO: the adapter's per-prompt weights, into both stores
+        from framework.cluster import orchestrate
+        from framework.objectives import build_objective
+
+        objective = build_objective(cfg.objective_name, **cfg.objective_hparams)
+        train_store, eval_store = orchestrate.prepare(objective, train_store, eval_store, tokenizer_path, cfg.output_dir,
+                                                      cfg.data.max_prompt_length, cfg.train.seed)
     return Prepared(model_path, cfg.model.reference_path or model_path, tokenizer_path, train_store, eval_store)
 
 
@@ -179,7 +200,12 @@ def _check_objective_count(cfg: RunConfig, store_path: str) -> None:
     """Multi-objective weights (and MODPO's target) must fit the store's objectives; said here, before Ray."""
     from framework.store import open_store
 
-    names = open_store(store_path).table(columns=["objective_names"]).column("objective_names")[0].as_py() or []
+    version = open_store(store_path)
+    names = version.table(columns=["objective_names"]).column("objective_names")[0].as_py() or []
+    if not names:
+        raise ConfigError(f"objective={cfg.objective_name} needs multi-objective rows, but store {store_path} holds "
+                          f"{version.kind} rows", "build it with --kind multi, or add reward-model scores to a pairwise "
+                          "store with `alignray store add-scores`")
     weights, target = cfg.objective.get("weights"), cfg.objective.get("target")
     if weights is not None and len(weights) != len(names):
         raise ConfigError(f"objective.weights has {len(weights)} entries but the data has {len(names)} objectives "

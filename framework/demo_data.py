@@ -87,11 +87,14 @@ def _words(rng: random.Random, topic: str, on_topic: int, length: int) -> str:
     return " ".join(words) + " ."
 
 
-def multi(n: int, seed: int, agree_rate: float = 0.2) -> Iterator[dict]:
-    """Two responses scored on two conflicting objectives (`objective_scores` [2][2], names "topic", "brevity").
+def multi(n: int, seed: int, agree_rate: float = 0.2, brief_rate: float = 0.5) -> Iterator[dict]:
+    """Two responses scored on two conflicting objectives (`objective_scores` [2][2], names "topic", "brevity"),
+    with an overall human label (chosen first) that depends on the prompt.
 
     On most rows the longer response has more on-topic words (topic prefers it, brevity the other one); on an
-    `agree_rate` share the shorter one is also more on topic, so both objectives agree there."""
+    `agree_rate` share the shorter one is also more on topic, so both objectives agree there. A `brief_rate` share
+    of prompts start with "briefly ,": their labeller chose the shorter response, the others' the more on-topic
+    one — the trade-off is the prompt's, which is what the Preference Orchestrator learns."""
     rng = random.Random(seed)
     for _ in range(n):
         topic, prompt = _prompt(rng)
@@ -99,11 +102,13 @@ def multi(n: int, seed: int, agree_rate: float = 0.2) -> Iterator[dict]:
         short_on, long_on = rng.randint(0, 1), rng.randint(short_len + 1, min(long_len, len(TOPICS[topic])))
         if rng.random() < agree_rate:
             short_on, long_on = short_len, rng.randint(0, short_len - 1)
+        brief = rng.random() < brief_rate
         responses = [(_words(rng, topic, long_on, long_len), long_on, long_len),
                      (_words(rng, topic, short_on, short_len), short_on, short_len)]
-        rng.shuffle(responses)
-        yield {"prompt": prompt, "responses": [r[0] for r in responses], "objective_names": MULTI_OBJECTIVES,
-               "objective_scores": [[float(on), -float(length)] for _, on, length in responses]}
+        chosen, rejected = sorted(responses, key=lambda r: (r[2], -r[1]) if brief else (-r[1], r[2]))
+        yield {"prompt": f"briefly , {prompt}" if brief else prompt, "chosen": chosen[0], "rejected": rejected[0],
+               "objective_names": MULTI_OBJECTIVES,
+               "objective_scores": [[float(on), -float(length)] for _, on, length in (chosen, rejected)]}
 
 
 def pairs_from_lists(lists: Iterator[dict], seed: int, all_pairs: bool = False) -> Iterator[dict]:

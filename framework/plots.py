@@ -18,12 +18,15 @@ SMOOTH = 10  # steps in the running mean of the noisy per-objective accuracies
 
 
 def _multi_objective_panels(keys: List[str]) -> List[tuple]:
-    """Per-objective accuracy (`<objective>/accuracy`) and coefficient (`mo/coef/<objective>`) panels."""
+    """Per-objective accuracy (`<objective>/accuracy`), coefficient (`mo/coef/<objective>`) and PRO's mean
+    per-prompt weight (`pro/weight/<objective>`) panels."""
     accuracies = sorted(k for k in keys if k.endswith("/accuracy") and k.count("/") == 1
                         and not k.startswith(("rewards/", "eval/")))
     coefficients = sorted(k for k in keys if k.startswith("mo/coef/"))
+    prompt_weights = sorted(k for k in keys if k.startswith("pro/weight/")) + (["pro/weight_entropy"] if "pro/weight_entropy" in keys else [])
     panels = [(f"objective accuracy ({SMOOTH}-step mean)", accuracies)] if accuracies else []
-    return panels + ([("gradient coefficients", coefficients)] if coefficients else [])
+    panels += [("gradient coefficients", coefficients)] if coefficients else []
+    return panels + ([("PRO prompt weights (batch mean) and entropy", prompt_weights)] if prompt_weights else [])
 
 
 def _running_mean(values: List[float], window: int) -> List[float]:

@@ -100,6 +100,7 @@ def summarise(output: Path, result: Any, wall: float) -> Dict[str, Any]:
         "eval_accuracy_start": start.get("eval/policy_accuracy@start"),
         "eval_accuracy_end": end.get("eval/policy_accuracy"),
         "eval_reward_accuracy_end": end.get("eval/reward_accuracy"),
+        "eval_end": {k: v for k, v in end.items() if k.startswith("eval/")},  # incl. per-objective accuracies
         "checkpoint": result.checkpoint.path if result.checkpoint is not None else None,
         "metrics": str(output / "metrics.jsonl"),
         "tensorboard": str(output / "tensorboard"),

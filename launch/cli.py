@@ -20,14 +20,16 @@ COMMANDS = {
     "train": ("launch.train", "train a policy (Hydra app: alignray train objective=dpo cluster.num_workers=2 ...)"),
     "store": ("launch.store", "build / inspect / verify / sample / extend preference stores"),
     "submit": ("launch.jobs", "submit `alignray train` to a Ray cluster through the Jobs API"),
+    "orchestrate": ("launch.orchestrate", "train the PRO objective-weight adapter / print its weights for prompts"),
     "job": ("launch.jobs", "status | logs | stop | list of submitted jobs"),
+    "bench": ("launch.bench", "benchmarks from benchmarks/: alignray bench pareto ... (alignray bench --help)"),
 }
 USER_ERROR_EXIT = 2
 
 
 def _usage() -> str:
     lines = ["usage: alignray [--debug] <command> [args...]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "errors caused by input print one line and exit 2; --debug or ALIGNRAY_DEBUG=1 adds the traceback"]
     return "\n".join(lines)
 

@@ -17,7 +17,8 @@ from framework.store.errors import StoreError
 
 # Model passes run on Ray workers; their entrypoint lives with the other Ray-facing commands.
 DELEGATED = {"add-reference": "launch.store_passes", "add-samples": "launch.store_passes",
-             "add-aligned-logps": "launch.store_passes", "add-udm-weights": "launch.store_passes"}
+             "add-aligned-logps": "launch.store_passes", "add-udm-weights": "launch.store_passes",
+             "add-scores": "launch.store_passes"}
 
 
 def _column_map(pairs: List[str]) -> Dict[str, str]:
@@ -40,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--kind", choices=["pairwise", "ranked", "binary", "multi"], help="reject rows of other kinds")
     build.add_argument("--map", action="append", default=[], metavar="COL=FIELD",
                        help="read source column COL as FIELD (prompt, chosen, rejected, responses, scores, ...)")
+    build.add_argument("--objectives", type=lambda text: [n for n in text.split(",") if n], metavar="COL,COL",
+                       help="score columns of one-row-per-response (HelpSteer2-style) multi data; default: the "
+                            "HelpSteer2 attributes present")
     build.add_argument("--max-prompt-tokens", type=int)
     build.add_argument("--max-response-tokens", type=int)
     build.add_argument("--no-truncate", action="store_true", help="reject over-long rows instead of truncating")
@@ -72,7 +76,8 @@ def _build(args: argparse.Namespace) -> int:
 
     tokenizer = args.tokenizer or _demo_tokenizer()  # the store itself stays data-only: no default of its own
     build_store(args.sources, args.out, tokenizer=tokenizer, kind=args.kind, column_map=_column_map(args.map),
-                max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens,
+                objectives=args.objectives, max_prompt_tokens=args.max_prompt_tokens,
+                max_response_tokens=args.max_response_tokens,
                 truncate=not args.no_truncate, num_shards=args.num_shards, num_proc=args.num_proc,
                 progress=not args.quiet)
     return 0

@@ -5,7 +5,9 @@
 - `add_samples`: K self-samples per prompt from a model (`self_samples`, `self_sample_ids`) for D2O;
 - `add_aligned_logps`: per-token mean log-probs of each response under M aligned LMs (`aligned_logps`, [K][M]),
   each with its own tokenizer, for PoFT;
-- `add_udm_weights`: BCO's density-ratio weights w(x) per row (`udm_weights`) from a prompt classifier.
+- `add_udm_weights`: BCO's density-ratio weights w(x) per row (`udm_weights`) from a prompt classifier;
+- `add_scores`: a `bt_reward` export's score of every response as one more objective of multi rows (pairwise
+  rows become multi rows ["preference", NAME]), e.g. MODPO's margin rewards.
 
 Rows are split into contiguous ranges, one Ray task per range; results come back in row order.
 """
@@ -302,3 +304,84 @@ def add_udm_weights(store_path: str, model_path: str, *, sample_size: int = 1024
     return add_columns(version, {"udm_weights": pa.array(weights, pa.float64())},
                        note=f"UDM weights from a prompt classifier on {model_path} (accuracy {info['accuracy']:.3f})",
                        extra_manifest={"udm": info})
+
+
+def check_add_scores(version: Any, model_path: str, name: str, replace: bool) -> None:
+    """Refuse, before any model runs: rows other than pairwise/multi, an empty or (without `replace`) existing
+    objective name, and a model that is not a reward model (a sequence-classification model with one scalar
+    output, as a `bt_reward` export is: a causal LM would get a fresh random head and score noise)."""
+    from transformers import AutoConfig
+
+    from framework.errors import UserError
+    from framework.model.loading import check_model_source
+    from framework.store.extend import check_new_objective
+
+    check_new_objective(version, name, replace)
+    check_model_source(model_path, "--reward-model")
+    try:
+        config = AutoConfig.from_pretrained(model_path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--reward-model={model_path}: unreadable config ({err})",
+                        "re-save the model with save_pretrained") from None
+    architectures = ", ".join(config.architectures or []) or "no architecture"
+    if config.num_labels != 1 or "ForSequenceClassification" not in architectures:
+        raise UserError(f"--reward-model={model_path}: not a reward model export ({architectures}, {config.num_labels} "
+                        "labels; a scalar sequence-classification head is needed)",
+                        "train one with `alignray train objective=bt_reward` and pass its <output_dir>/export")
+
+
+def _scores_part(store_path: str, start: int, end: int, *, model_path: str, name: str, max_length: int,
+                 max_prompt_length: int, batch_size: int) -> List[dict]:
+    """The rows in [start, end) as multi rows with the reward model's score of each response as objective `name`.
+    Texts are tokenised by the reward model's own tokenizer (prompt, then response + EOS, as the store does)."""
+    import torch
+
+    from framework.model.batching import collate
+    from framework.model.loading import load_reward_model, load_tokenizer
+    from framework.model.logprobs import sequence_rewards
+    from framework.store import open_store
+    from framework.store.extend import OBJECTIVE_INPUT_COLUMNS, OBJECTIVE_OUTPUT_COLUMNS, with_objective
+
+    torch.set_num_threads(1)
+    store, tokenizer = open_store(store_path), load_tokenizer(model_path)
+    model = load_reward_model(model_path, pad_token_id=tokenizer.pad_token_id).eval()
+    out: List[dict] = []
+    for first in range(start, end, batch_size):
+        rows = store.take(list(range(first, min(end, first + batch_size))), columns=OBJECTIVE_INPUT_COLUMNS).to_pylist()
+        prompts = [_encode_prompt(tokenizer, r["prompt"], r["prompt_is_chat"]) for r in rows]
+        own_prompts = [[_encode_prompt(tokenizer, p, r["prompt_is_chat"]) for p in r["response_prompts"]]
+                       if r["response_prompts"] else None for r in rows]
+        responses = [[tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in r["responses"]]
+                     for r in rows]
+        tokens = collate(prompts, responses, pad_id=tokenizer.pad_token_id, max_length=max_length,
+                         max_prompt_length=max_prompt_length, response_prompts=own_prompts)
+        with torch.no_grad():
+            rewards = sequence_rewards(model, tokens)["rewards"].double().tolist()
+        for row, reward in zip(rows, rewards):
+            converted = with_objective(row, name, reward)
+            out.append({column: converted[column] for column in OBJECTIVE_OUTPUT_COLUMNS})
+    return out
+
+
+def add_scores(store_path: str, model_path: str, name: str, *, replace: bool = False, max_length: int = 128,
+               max_prompt_length: int = 64, batch_size: int = 16, num_workers: int = 2) -> Any:
+    """Write a new version whose rows are multi rows carrying the reward model's score of each response as
+    objective `name` (see `framework.store.extend.with_objective`); `kind` becomes "multi" and row ids are
+    recomputed. An existing objective `name` is an error unless `replace`. Sequences are cut as training cuts
+    them (`max_length`, `max_prompt_length`: use the values the reward model was trained with). The manifest's
+    "reward_scores" maps each added objective to its model, the model's fingerprint and the cut lengths."""
+    from framework.model.loading import model_fingerprint
+    from framework.store import add_columns, open_store
+    from framework.store.extend import OBJECTIVE_OUTPUT_COLUMNS
+
+    version = open_store(store_path)
+    check_add_scores(version, model_path, name, replace)
+    rows = _map_rows(str(version.path), _scores_part, dict(model_path=model_path, name=name, max_length=max_length,
+                     max_prompt_length=max_prompt_length, batch_size=batch_size), num_workers)
+    columns = {column: [row[column] for row in rows] for column in OBJECTIVE_OUTPUT_COLUMNS}
+    info = {"model": model_path, "fingerprint": model_fingerprint(model_path), "max_length": max_length,
+            "max_prompt_length": max_prompt_length, "from_version": version.version, "from_kind": version.kind}
+    manifest = {"kind": "multi", "kinds": {"multi": version.num_rows},
+                "reward_scores": {**version.manifest.get("reward_scores", {}), name: info}}
+    return add_columns(version, columns, note=f"objective {name!r} scored by the reward model {model_path}",
+                       extra_manifest=manifest, replace_base=OBJECTIVE_OUTPUT_COLUMNS)

@@ -95,7 +95,7 @@ def train_worker(payload: Dict[str, Any]) -> None:
     )
     builder = BatchBuilder(tokenizer.pad_token_id, cfg.data.max_length, cfg.data.max_prompt_length,
                            objective.feedback, stored_reference, objective.requires, use_udm_weights=cfg.data.udm)
-    eval_batches = _eval_batches(paths.get("eval_store"), rank, world, cfg, tokenizer.pad_token_id)
+    eval_batches = _eval_batches(paths.get("eval_store"), rank, world, cfg, tokenizer.pad_token_id, objective)
     runner = StepRunner(seam, engine, reference, objective, tokenizer.pad_token_id, cfg.data.max_length,
                         cfg.data.max_prompt_length)
     reporter = RayReporter(cfg.output_dir, rank, world, cfg.train.report_every, seam.barrier, payload.get("resume_from"))
@@ -122,7 +122,7 @@ def _use_stored_reference(cfg: Any, store: Any, paths: Dict[str, Any], objective
     return ok
 
 
-def _eval_batches(eval_store: Optional[str], rank: int, world: int, cfg: Any, pad_id: int) -> List[Any]:
+def _eval_batches(eval_store: Optional[str], rank: int, world: int, cfg: Any, pad_id: int, objective: Any) -> List[Any]:
     if not eval_store:
         return []
     from framework.engine.batches import BatchBuilder
@@ -130,7 +130,10 @@ def _eval_batches(eval_store: Optional[str], rank: int, world: int, cfg: Any, pa
 
     store = open_store(eval_store)
     sampler = EpochSampler(store.num_rows, rank=rank, world_size=world, batch_size=32, seed=0, shuffle=False)
-    builder = BatchBuilder(pad_id, cfg.data.max_length, cfg.data.max_prompt_length, "pairwise", False)
+    # A multi store keeps its per-objective scores (per-objective accuracy); PRO's policy sees its weights in context.
+    feedback = "multi" if store.kind == "multi" else "pairwise"
+    requires = [r for r in objective.requires if r == "context_prompts"]
+    builder = BatchBuilder(pad_id, cfg.data.max_length, cfg.data.max_prompt_length, feedback, False, requires)
     return [builder.build(store.take(batch.indices), batch.is_padding) for batch in sampler.plan(0)]
 
 

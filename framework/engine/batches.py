@@ -33,7 +33,8 @@ class BatchBuilder:
     - pairwise / listwise: all K responses; listwise gets `scores` (list order when the store has none).
     - binary: the one completion and `labels`; with `self_samples` (D2O) the completion is followed by the
       stored self-samples.
-    - multi: the K = 2 responses and `objective_scores` [B, 2, M] with `objective_names` (the same in every row).
+    - multi: the K = 2 responses and `objective_scores` [B, 2, M] with `objective_names` (the same in every row),
+      plus `overall_scores` [B, 2] when every row carries the overall human label (`scores`).
     - sft: one response per row — chosen (pairwise), best-scored (ranked) or the completion of a desirable
       row (binary: undesirable rows get weight 0, so they are counted out, not silently dropped).
     """
@@ -52,7 +53,10 @@ class BatchBuilder:
         response_prompts = cols.get("response_prompt_ids")
         if response_prompts is None or all(p is None for p in response_prompts) or self.feedback == "sft":
             response_prompts = None
-        tokens = collate(cols["prompt_ids"], responses, pad_id=self.pad_id, max_length=self.max_length,
+        prompt_ids = cols["prompt_ids"]
+        if "context_prompts" in self.requires:
+            prompt_ids = _required_column(cols, "context_prompt_ids")
+        tokens = collate(prompt_ids, responses, pad_id=self.pad_id, max_length=self.max_length,
                          max_prompt_length=self.max_prompt_length, response_prompts=response_prompts)
         k = tokens.num_responses
         annotations: Dict[str, Any] = {"mask": tokens.valid}
@@ -68,6 +72,8 @@ class BatchBuilder:
         if "aligned_logps" in self.requires:
             annotations["aligned_logps"] = torch.tensor([row[keep[i]] for i, row in enumerate(cols["aligned_logps"])],
                                                         dtype=torch.float64)
+        if "prompt_weights" in self.requires:
+            annotations["prompt_weights"] = torch.tensor(_required_column(cols, "prompt_weights"), dtype=torch.float64)
         if self.use_udm_weights:
             if cols.get("udm_weights") is None:
                 raise UserError("data.udm=true but the store has no udm_weights column: run `alignray store add-udm-weights`")
@@ -101,6 +107,14 @@ class BatchBuilder:
         return [[row[j]] for row, j in zip(responses, keep)], keep
 
 
+def _required_column(cols: Dict[str, List[Any]], name: str) -> List[Any]:
+    values = cols.get(name)
+    if values is None or any(v is None for v in values):
+        raise UserError(f"this objective needs the store column {name!r}, which this store lacks",
+                        "objective=pro adds it (prompt weights from the orchestrator adapter) before training")
+    return values
+
+
 def _objective_annotations(cols: Dict[str, List[Any]]) -> Dict[str, Any]:
     """Multi-objective scores [B, K, M] and the objective names, which every row of a batch must share."""
     names, scores = cols.get("objective_names"), cols.get("objective_scores")
@@ -109,4 +123,8 @@ def _objective_annotations(cols: Dict[str, List[Any]]) -> Dict[str, Any]:
     if any(list(n) != list(names[0]) for n in names):
         raise UserError(f"rows of one batch name different objectives: {list(names[0])} vs "
                          f"{next(list(n) for n in names if list(n) != list(names[0]))}")
-    return {"objective_scores": torch.tensor(scores, dtype=torch.float64), "objective_names": list(names[0])}
+    out = {"objective_scores": torch.tensor(scores, dtype=torch.float64), "objective_names": list(names[0])}
+    overall = cols.get("scores")
+    if overall is not None and all(s is not None for s in overall):  # the overall human label, for evaluation
+        out["overall_scores"] = torch.tensor(overall, dtype=torch.float64)
+    return out

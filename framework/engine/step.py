@@ -166,25 +166,53 @@ def accumulate_metrics(sums: Dict[str, torch.Tensor], out: Any, weights: torch.T
 def evaluate_pairs(seam: Any, policy: Any, reference: Optional[Any], batches: List[MicroBatch],
                    reward: bool = False) -> Dict[str, float]:
     """Held-out pairwise accuracy: policy margin ℓ_θ(y_w) > ℓ_θ(y_l) (for a reward model r(y_w) > r(y_l)), and
-    (with a reference) the implicit reward margin ρ(y_w) > ρ(y_l). Every rank runs its share (ZeRO-3 forwards
-    are collective)."""
-    totals = torch.zeros(4, dtype=torch.float64)  # count, policy correct, reward correct, mean margin sum
+    (with a reference) the implicit reward margin ρ(y_w) > ρ(y_l), ρ = log π − log π_ref. The plain keys take
+    column 0 as chosen; a multi-objective batch also gets `eval/<objective>/...` per objective and, when its rows
+    carry the overall human label, `eval/overall/...`, each over the pairs that preference orders (ties left out).
+    Every rank runs its share (ZeRO-3 forwards are collective); one all-reduce."""
+    keys = list(eval_preferences(batches[0])) if batches else [""]
+    totals = torch.zeros(len(keys), 3, dtype=torch.float64)  # per preference: pairs, policy correct, reward correct
+    margin_sum = torch.zeros(1, dtype=torch.float64)
     for mb in batches:
         tokens = mb.tokens.to(seam.device)
         policy_stats = stats(policy, tokens, reward=reward)
         score = policy_stats.rewards if reward else policy_stats.logps
         margin = (score[:, 0] - score[:, 1]).double().cpu()
-        w = mb.weights.double()
-        totals[0] += w.sum()
-        totals[1] += ((margin > 0).double() * w).sum()
-        totals[3] += (margin * w).sum()
+        rho_margin = torch.zeros_like(margin)
         if reference is not None:
-            ref = stats(reference, tokens)
-            rho = (policy_stats.logps - ref.logps).double().cpu()
-            totals[2] += (((rho[:, 0] - rho[:, 1]) > 0).double() * w).sum()
-    totals = seam.all_reduce_sum(totals)
-    n = max(float(totals[0]), 1.0)
-    out = {"eval/policy_accuracy": float(totals[1]) / n, "eval/policy_margin": float(totals[3]) / n, "eval/pairs": float(totals[0])}
-    if reference is not None:
-        out["eval/reward_accuracy"] = float(totals[2]) / n
+            rho = (policy_stats.logps - stats(reference, tokens).logps).double().cpu()
+            rho_margin = rho[:, 0] - rho[:, 1]
+        w = mb.weights.double()
+        margin_sum += (margin * w).sum()
+        for row, sign in zip(totals, eval_preferences(mb).values()):
+            counted = w * (sign != 0)
+            row += torch.stack([counted.sum(), (counted * (sign * margin > 0)).sum(),
+                                (counted * (sign * rho_margin > 0)).sum()])
+    packed = seam.all_reduce_sum(torch.cat([totals.flatten(), margin_sum]))
+    totals, margin_sum = packed[:-1].view(len(keys), 3), float(packed[-1])
+    out = {"eval/policy_margin": margin_sum / max(float(totals[0, 0]), 1.0)}
+    for key, (pairs, policy_correct, reward_correct) in zip(keys, totals.tolist()):
+        if key and pairs == 0:  # e.g. no row carries the overall label
+            continue
+        prefix = f"eval/{key}/" if key else "eval/"
+        out |= {f"{prefix}policy_accuracy": policy_correct / max(pairs, 1.0), f"{prefix}pairs": pairs}
+        if reference is not None:
+            out[f"{prefix}reward_accuracy"] = reward_correct / max(pairs, 1.0)
     return out
+
+
+def eval_preferences(batch: MicroBatch) -> Dict[str, torch.Tensor]:
+    """The preferences evaluated on `batch`: key ("" = the pair as stored, column 0 chosen; `overall`; one per
+    objective) → sign per example: +1 prefers column 0, −1 column 1, 0 no preference. Every batch of a store
+    yields the same keys, so every rank packs the same all-reduce."""
+    count = len(batch.weights)
+    prefs = {"": torch.ones(count, dtype=torch.float64)}
+    scores = batch.annotations.get("objective_scores")
+    if scores is None:
+        return prefs
+    overall = batch.annotations.get("overall_scores")
+    prefs["overall"] = (torch.sign(overall[:, 0] - overall[:, 1]).double() if overall is not None
+                        else torch.zeros(count, dtype=torch.float64))
+    for i, name in enumerate(batch.annotations["objective_names"]):
+        prefs[name] = torch.sign(scores[:, 0, i] - scores[:, 1, i]).double()
+    return prefs

@@ -39,10 +39,12 @@ REQUIREMENTS = {
         "columns are [human negative, K self-samples from the initial policy]; optional "
         'batch["mask"] [B, 1+K] marks valid columns (D2O)'
     ),
+    "prompt_weights": 'batch["prompt_weights"] [B, M]: per-prompt objective weights on the simplex (PRO\'s adapter, a store column)',
+    "context_prompts": "the prompt ids carry the row's objective weights as a text line (the store's context_prompt_ids)",
 }
 
 # Reference inputs a store cannot hold (it stores response log-probs only): they need a live reference model.
-LIVE_REFERENCE_INPUTS = ("mismatched", "self_samples", "prompt_logps")
+LIVE_REFERENCE_INPUTS = ("mismatched", "self_samples", "prompt_logps", "context_prompts")
 
 
 @dataclasses.dataclass

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from framework.store import ingest
 from framework.store.errors import StoreError
+from framework.store.grouping import GroupedRow, group_rows
 from framework.store.layout import read_current, write_version
 from framework.store.schema import KINDS
 from framework.store.sources import RawRow, read_rows, source_fingerprint, source_format
@@ -28,12 +29,12 @@ CHUNK_ROWS = 1000
 ROWS_PER_SHARD = 50_000
 
 
-def _chunks(sources: List[str], seen: Counter) -> Iterator[List[RawRow]]:
-    """Raw rows in chunks, counting rows per source so that an empty source can be reported."""
+def _chunks(sources: List[str], seen: Counter, options: Mapping[str, Any]) -> Iterator[List[RawRow]]:
+    """Raw rows in chunks, counting input rows per source so that an empty source can be reported."""
     chunk: List[RawRow] = []
     for path in sources:
-        for row in read_rows(path):
-            seen[path] += 1
+        for row in group_rows(read_rows(path), options["column_map"], options["objectives"]):
+            seen[path] += len(row.value.lines) if isinstance(row.value, GroupedRow) else 1
             chunk.append(row)
             if len(chunk) == CHUNK_ROWS:
                 yield chunk
@@ -44,31 +45,33 @@ def _chunks(sources: List[str], seen: Counter) -> Iterator[List[RawRow]]:
 
 def _run(sources: List[str], tokenizer_path: str, options: Mapping[str, Any], num_proc: int,
          progress: bool, seen: Counter) -> tuple:
-    """(tables, rejects) over every source; worker processes when num_proc > 1, in-process otherwise."""
+    """(tables, rejects, input rows merged into grouped rows) over every source; worker processes when
+    num_proc > 1, in-process otherwise."""
     from tqdm import tqdm
 
-    tables, rejects = [], []
+    tables, rejects, merged = [], [], 0
     bar = tqdm(desc="store build", unit=" rows", disable=not progress, file=sys.stderr, smoothing=0.1)
     if num_proc > 1:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         # fork: children inherit the imported transformers, and no script needs a __main__ guard (spawn
         # would re-run the caller's main module in every worker).
         pool = multiprocessing.get_context("fork").Pool(num_proc, ingest.init_worker, (tokenizer_path, options))
-        results = pool.imap(ingest.process_chunk, _chunks(sources, seen))
+        results = pool.imap(ingest.process_chunk, _chunks(sources, seen, options))
     else:
         pool = None
         ingest.init_worker(tokenizer_path, options)
-        results = map(ingest.process_chunk, _chunks(sources, seen))
+        results = map(ingest.process_chunk, _chunks(sources, seen, options))
     try:
-        for table, chunk_rejects in results:
+        for table, chunk_rejects, chunk_merged in results:
             tables += [table] if table is not None else []
             rejects += chunk_rejects
-            bar.update((table.num_rows if table is not None else 0) + len(chunk_rejects))
+            merged += chunk_merged
+            bar.update((table.num_rows if table is not None else 0) + chunk_merged + len(chunk_rejects))
     finally:
         bar.close()
         if pool is not None:
             pool.terminate()
-    return tables, rejects
+    return tables, rejects, merged
 
 
 def _stats(values: np.ndarray) -> Dict[str, float]:
@@ -115,7 +118,8 @@ def _raise_all_rejected(sources: List[str], rejects: List[Dict[str, Any]], out: 
 
 
 def build_store(sources: List[str], out: str, *, tokenizer: str, kind: Optional[str] = None,
-                column_map: Optional[Dict[str, str]] = None, max_prompt_tokens: Optional[int] = None,
+                column_map: Optional[Dict[str, str]] = None, objectives: Optional[List[str]] = None,
+                max_prompt_tokens: Optional[int] = None,
                 max_response_tokens: Optional[int] = None, truncate: bool = True, num_shards: Optional[int] = None,
                 num_proc: Optional[int] = None, progress: bool = True) -> StoreVersion:
     """Ingest `sources` into a new version of the store at `out` (created if needed) and make it current.
@@ -126,13 +130,13 @@ def build_store(sources: List[str], out: str, *, tokenizer: str, kind: Optional[
     sources = [str(s) for s in sources]
     _check_args(sources, kind, num_proc)
     tokenizer_path = resolve_tokenizer_path(tokenizer)
-    options = {"kind": kind, "column_map": dict(column_map or {}), "max_prompt_tokens": max_prompt_tokens,
-               "max_response_tokens": max_response_tokens, "truncate": truncate}
+    options = {"kind": kind, "column_map": dict(column_map or {}), "objectives": objectives,
+               "max_prompt_tokens": max_prompt_tokens, "max_response_tokens": max_response_tokens, "truncate": truncate}
     num_proc = num_proc or max(1, min(os.cpu_count() or 1, 8))
     started, seen = time.perf_counter(), Counter()
     # Loading the tokenizer here also imports transformers before the workers fork, so they inherit it.
     tokenizer_info = tokenizer_fingerprint(tokenizer_path)
-    tables, rejects = _run(sources, tokenizer_path, options, num_proc, progress, seen)
+    tables, rejects, merged = _run(sources, tokenizer_path, options, num_proc, progress, seen)
     seconds = time.perf_counter() - started
     for path in sources:
         if seen[path] == 0:
@@ -148,6 +152,7 @@ def build_store(sources: List[str], out: str, *, tokenizer: str, kind: Optional[
         "kind": next(iter(kinds)) if len(kinds) == 1 else "mixed",
         "kinds": dict(kinds),
         "counts": {"rows_read": rows_read, "rows_written": table.num_rows, "rows_rejected": len(rejects),
+                   "rows_merged": merged,
                    "rejects_by_reason": dict(Counter(r["reason"] for r in rejects).most_common()),
                    "truncated": int(pc.sum(table["truncated"]).as_py() or 0),
                    "duplicate_row_ids": table.num_rows - len(pc.unique(table["row_id"]))},

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import pyarrow as pa
 
+from framework.store.grouping import GroupedRow
 from framework.store.normalize import Reject, normalise
 from framework.store.schema import STORE_SCHEMA
 from framework.store.sources import RawRow
@@ -41,6 +42,19 @@ def reject_record(row: RawRow, reject: Reject) -> Dict[str, Any]:
             "detail": reject.detail, "raw": _preview(row.value)}
 
 
+def _reject_records(row: RawRow, reject: Reject) -> List[Dict[str, Any]]:
+    """One entry per input row: a grouped row's reject is listed at each of its lines."""
+    if not isinstance(row.value, GroupedRow):
+        return [reject_record(row, reject)]
+    return [reject_record(RawRow(row.file, line, row.value.row), reject) for line in row.value.lines]
+
+
+def _normalise(row: RawRow) -> Any:
+    if isinstance(row.value, GroupedRow):  # columns were mapped while grouping
+        return row.value.reject or normalise(row.value.row, kind=_STATE["kind"])
+    return normalise(row.value, kind=_STATE["kind"], column_map=_STATE["column_map"])
+
+
 def _to_table(examples: List[Dict[str, Any]], rows: List[RawRow]) -> pa.Table:
     columns: Dict[str, List[Any]] = {name: [] for name in STORE_SCHEMA.names}
     for example, raw in zip(examples, rows):
@@ -51,21 +65,23 @@ def _to_table(examples: List[Dict[str, Any]], rows: List[RawRow]) -> pa.Table:
                     schema=STORE_SCHEMA)
 
 
-def process_chunk(rows: List[RawRow]) -> Tuple[Optional[pa.Table], List[Dict[str, Any]]]:
-    """(table of the valid rows in input order, reject records); every input row lands in exactly one."""
+def process_chunk(rows: List[RawRow]) -> Tuple[Optional[pa.Table], List[Dict[str, Any]], int]:
+    """(table of the valid rows in input order, reject records, input rows merged into another's table row);
+    every input row lands in exactly one place."""
     rejects, valid, valid_rows = [], [], []
     for row in rows:
-        result = normalise(row.value, kind=_STATE["kind"], column_map=_STATE["column_map"])
+        result = _normalise(row)
         if isinstance(result, Reject):
-            rejects.append(reject_record(row, result))
+            rejects += _reject_records(row, result)
         else:
             valid.append(result)
             valid_rows.append(row)
     examples, kept = [], []
     for row, encoded in zip(valid_rows, _STATE["encoder"].encode(valid) if valid else []):
         if isinstance(encoded, Reject):
-            rejects.append(reject_record(row, encoded))
+            rejects += _reject_records(row, encoded)
         else:
             examples.append(encoded)
             kept.append(row)
-    return (_to_table(examples, kept) if examples else None), rejects
+    merged = sum(len(row.value.lines) - 1 for row in kept if isinstance(row.value, GroupedRow))
+    return (_to_table(examples, kept) if examples else None), rejects, merged

@@ -8,7 +8,10 @@ Recognised conventions (TRL's, by default; `column_map` renames source columns f
   multi     prompt + responses or chosen/rejected + objective_scores [K][M] (+ objective_names),
             or + preferred {objective: index of the preferred response};
             or PKU-SafeRLHF style: prompt + response_0, response_1 + <objective>_response_id columns
-            (`better_response_id`, `safer_response_id`: objectives "better", "safer"; rename with --map)
+            (`better_response_id`, `safer_response_id`: objectives "better", "safer"; rename with --map);
+            or HelpSteer2 style: one row per response (prompt + response + numeric attribute columns), which
+            framework/store/grouping.py groups by prompt before these functions see it (`scored_response`)
+A multi row from chosen/rejected keeps the overall human preference as `scores` [1.0, 0.0].
 Prompts and responses may be text or chat-message lists ({"role", "content"} dicts).
 """
 
@@ -234,6 +237,8 @@ def _example(row: Mapping[str, Any], kind: str) -> Dict[str, Any]:
         row, prompts = {**row, "preferred": preferred}, None
     else:
         prompt, responses, prompts = _pair(row)
+        if kind == "multi" and row.get("scores") is None and "score_chosen" not in row and "score_rejected" not in row:
+            row = {**row, "scores": [1.0, 0.0]}  # the overall human label (chosen first), y+ for the orchestrator
     if kind != "binary" and len(responses) < 2:
         raise Invalid("responses", "too_few_responses", f"{len(responses)} < 2")
     if len(set(responses)) < len(responses) and (prompts is None or len({_serialise(p) for p in prompts}) == 1):
@@ -267,9 +272,32 @@ def row_id(example: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
 
-def normalise(raw: Union[bytes, Mapping[str, Any]], *, kind: Optional[str] = None,
-              column_map: Optional[Mapping[str, str]] = None) -> Union[Dict[str, Any], Reject]:
-    """Canonical example dict (with `row_id`) or a Reject. `raw` is an undecoded JSONL line or a dict."""
+class ScoredResponse(NamedTuple):
+    """One response of a per-response scored row (HelpSteer2 style), before rows are grouped by prompt."""
+
+    prompt: Union[str, Messages]
+    prompt_key: str
+    response: str
+    scores: List[float]
+
+
+def is_scored_response(row: Mapping[str, Any]) -> bool:
+    """A HelpSteer2-style row: `response` (singular) and no column of another convention."""
+    return "response" in row and infer_kind(row) is None
+
+
+def scored_response(row: Mapping[str, Any], objectives: List[str]) -> Union[ScoredResponse, Reject]:
+    """The prompt, response and one finite score per objective column of a HelpSteer2-style row, or a Reject."""
+    try:
+        prompt = _prompt("prompt", _require(row, "prompt"))
+        return ScoredResponse(prompt, _serialise(prompt), _response("response", _require(row, "response")),
+                              [_number(name, _require(row, name)) for name in objectives])
+    except Invalid as exc:
+        return exc.reject
+
+
+def parse_raw(raw: Union[bytes, Mapping[str, Any]]) -> Union[Dict[str, Any], Reject]:
+    """A JSONL line decoded to a dict (table rows pass through), or a Reject."""
     if isinstance(raw, bytes):
         try:
             raw = json.loads(raw)
@@ -279,12 +307,27 @@ def normalise(raw: Union[bytes, Mapping[str, Any]], *, kind: Optional[str] = Non
             return Reject(None, "invalid_json", str(exc)[:80])
     if not isinstance(raw, dict):
         return Reject(None, "not_an_object", type(raw).__name__)
+    return raw
+
+
+def apply_column_map(raw: Mapping[str, Any], column_map: Optional[Mapping[str, str]]) -> Dict[str, Any]:
+    """The row with aliases resolved and `--map COL=FIELD` applied (COL is read *as* FIELD)."""
     row = {ALIASES.get(k, k): v for k, v in raw.items()}
     mapping = {source: field for source, field in (column_map or {}).items() if source in raw}
     for source in set(mapping) - set(mapping.values()):  # read COL *as* FIELD: it no longer counts as itself
         row.pop(ALIASES.get(source, source), None)
     for source, field in mapping.items():
         row[field] = raw[source]
+    return row
+
+
+def normalise(raw: Union[bytes, Mapping[str, Any]], *, kind: Optional[str] = None,
+              column_map: Optional[Mapping[str, str]] = None) -> Union[Dict[str, Any], Reject]:
+    """Canonical example dict (with `row_id`) or a Reject. `raw` is an undecoded JSONL line or a dict."""
+    raw = parse_raw(raw)
+    if isinstance(raw, Reject):
+        return raw
+    row = apply_column_map(raw, column_map)
     inferred = infer_kind(row)
     if inferred is None:
         return Reject(None, "unrecognised_columns", ",".join(sorted(map(str, raw)))[:80])

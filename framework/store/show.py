@@ -25,6 +25,7 @@ def summary(version: StoreVersion) -> Dict[str, Any]:
         "schema_version": manifest.get("schema_version"), "alignray_version": manifest.get("alignray_version"),
         "kind": version.kind, "kinds": manifest.get("kinds"), "num_rows": version.num_rows,
         "rows_read": counts.get("rows_read"), "rows_written": counts.get("rows_written"),
+        "rows_merged": counts.get("rows_merged", 0),
         "rows_rejected": counts.get("rows_rejected"), "rejects_by_reason": counts.get("rejects_by_reason", {}),
         "truncated": counts.get("truncated"), "duplicate_row_ids": counts.get("duplicate_row_ids"),
         "columns": version.columns, "num_shards": len(manifest["shards"]),
@@ -43,7 +44,8 @@ def info(args: argparse.Namespace) -> int:
     lengths = data["token_lengths"] or {}
     print(f"store {data['root']}  version {data['version']} (current {data['current']}, parent {data['parent']})")
     print(f"kind {data['kind']}  rows {data['num_rows']:,} in {data['num_shards']} shards, {data['bytes']:,} bytes")
-    print(f"rows read {data['rows_read']:,}  written {data['rows_written']:,}  rejected {data['rows_rejected']:,}"
+    merged = f" (+{data['rows_merged']:,} input rows grouped in)" if data["rows_merged"] else ""
+    print(f"rows read {data['rows_read']:,}  written {data['rows_written']:,}{merged}  rejected {data['rows_rejected']:,}"
           f"  truncated {data['truncated']:,}")
     for reason, count in data["rejects_by_reason"].items():
         print(f"  rejected {reason:<28} {count:,}")

@@ -241,8 +241,9 @@ def verify(version: StoreVersion) -> List[str]:
         if table.num_rows != shard["rows"] or table.column_names != version.columns:
             problems.append(f"{path}: rows/columns differ from the manifest")
     counts = version.manifest.get("counts", {})
-    if counts and counts["rows_read"] != counts["rows_written"] + counts["rows_rejected"]:
-        problems.append(f"{version.path}/manifest.json: rows_read != rows_written + rows_rejected")
+    accounted = counts and counts["rows_written"] + counts.get("rows_merged", 0) + counts["rows_rejected"]
+    if counts and counts["rows_read"] != accounted:
+        problems.append(f"{version.path}/manifest.json: rows_read != rows_written + rows_merged + rows_rejected")
     if counts and counts["rows_written"] != version.num_rows:
         problems.append(f"{version.path}/manifest.json: rows_written != rows in shards")
     rejects_path = version.path / "rejects.jsonl"

@@ -29,4 +29,6 @@ def test_multi_objective_runs_get_accuracy_and_coefficient_panels():
     assert panels == {"objective accuracy (10-step mean)": ["brevity/accuracy", "topic/accuracy"],
                       "gradient coefficients": ["mo/coef/brevity", "mo/coef/topic"]}
     assert _multi_objective_panels(["loss", "rewards/accuracy"]) == []
+    pro = dict(_multi_objective_panels(["loss", "topic/accuracy", "pro/weight/topic", "pro/weight/brevity", "pro/weight_entropy"]))
+    assert pro["PRO prompt weights (batch mean) and entropy"] == ["pro/weight/brevity", "pro/weight/topic", "pro/weight_entropy"]
     assert _running_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]

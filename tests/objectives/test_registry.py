@@ -112,6 +112,8 @@ def _random_inputs(obj, batch=4, seed=0):
     if "mismatched" in obj.requires:
         data["mismatched_policy"] = SequenceStats(ref_logps[:, :1] + 0.5, lengths[:, :1])
         data["mismatched_reference"] = SequenceStats(ref_logps[:, :1], lengths[:, :1])
+    if "prompt_weights" in obj.requires:
+        data["prompt_weights"] = torch.softmax(torch.randn(batch, 2, generator=gen, dtype=torch.float64), -1)
     if "aligned_logps" in obj.requires:
         data["aligned_logps"] = -torch.rand(batch, 3, generator=gen, dtype=torch.float64) * 3
     leaf = rewards if "rewards" in obj.requires else logps

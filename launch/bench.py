@@ -1,0 +1,43 @@
+"""`alignray bench <scenario> [args...]`: run a named benchmark from benchmarks/ (a source checkout).
+
+Each scenario module exposes `main(argv: list[str]) -> int` and writes dated results into benchmarks/results/.
+Adding a scenario = one line in SCENARIOS.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import List
+
+from framework.errors import UserError
+
+SCENARIOS = {
+    "pareto": ("benchmarks.pareto", "Pareto fronts of weighted-sum/MODPO/RACO/PRO, held-out accuracy per objective"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: alignray bench <scenario> [args...]   (alignray bench <scenario> --help)", "", "scenarios:"]
+    return "\n".join(lines + [f"  {name:<10} {help_}" for name, (_, help_) in SCENARIOS.items()])
+
+
+def main(argv: List[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    scenario, rest = argv[0], argv[1:]
+    if scenario not in SCENARIOS:
+        raise UserError(f"unknown benchmark {scenario!r}", f"choose one of {', '.join(SCENARIOS)}")
+    checkout = Path(__file__).resolve().parents[1]  # benchmarks/ is not packaged: import it from the checkout
+    if (checkout / "benchmarks").is_dir() and str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    try:
+        module = importlib.import_module(SCENARIOS[scenario][0])
+    except ModuleNotFoundError as error:
+        if not (error.name or "").startswith("benchmarks"):
+            raise
+        raise UserError("the benchmarks are not installed with the package",
+                        "run alignray bench from a source checkout") from None
+    return int(module.main(rest) or 0)
