@@ -1,12 +1,14 @@
 """Pareto fronts of multi-objective training: weighted sum, MODPO, RACO and PRO on the same data (issue 9).
 
-    alignray bench pareto [--methods weighted_sum,modpo,raco,pro] [--grid 5] [--steps 150] [--data FILE]
+    alignray bench pareto [--methods weighted_sum,modpo,raco,pro,pro_random] [--grid 5] [--steps 150] [--data FILE]
                           [--out DIR] [HYDRA_OVERRIDE ...]
 
 Each method trains the tiny demo model (1 Ray Train worker, ZeRO-2, fixed seed) once per user weight vector of
 the grid (w_1 ∈ {0, 1/(g−1), …, 1} for two objectives; the simplex lattice for more) and is scored on held-out
 pairs per objective: the implicit reward ρ = log π − log π_ref orders the pair as that objective does (ties left
-out). Methods without user weights (PRO: per-prompt weights from its orchestrator) give one point. Each method's
+out). Methods without user weights (PRO: per-prompt weights from its orchestrator; `pro_random`: half the training
+rows with random weights in context) give one point, and their one policy is then re-scored with each grid vector
+written in its prompts (`<method>_in_context`: does it follow user weights at deployment?). Each method's
 non-dominated points form its front; its hypervolume is measured in per-objective reward-accuracy space w.r.t.
 the reference point 0 (exact, any number of objectives). Data: the demo's multi-objective rows ("topic" vs
 "brevity", conflicting on ~80% of rows) or `--data FILE` (any multi JSONL the store ingests, e.g. PKU-SafeRLHF
@@ -43,6 +45,7 @@ class Method:
 
     objective: str
     overrides: Optional[Callable[[Weights], List[str]]]
+    extra: Tuple[str, ...] = ("train.export=false",)  # overrides of every run of the method
 
 
 def _weights(w: Weights) -> List[str]:
@@ -60,8 +63,12 @@ METHODS: Dict[str, Method] = {
     "weighted_sum": Method("weighted_sum", _weights),
     "modpo": Method("modpo", _modpo),
     "raco": Method("raco", _weights),
-    "pro": Method("pro", None),
+    # Exported: re-scored with each grid weight vector written in its prompts ("<method>_in_context").
+    "pro": Method("pro", None, ("train.export=true",)),
+    # Half the training rows get random simplex weights in context (and in the loss): does the policy then read them?
+    "pro_random": Method("pro", None, ("train.export=true", "objective.random_weights=0.5")),
 }
+IN_CONTEXT = "_in_context"
 
 
 # -- fronts ------------------------------------------------------------------------------------------------
@@ -150,7 +157,7 @@ def plan(methods: Sequence[str], grid: List[Weights]) -> List[Dict[str, Any]]:
             continue
         for weights in grid if method.overrides else [None]:
             label = name if weights is None else f"{name}-" + "-".join(f"{w:g}" for w in weights)
-            overrides = [f"objective={method.objective}"] + (method.overrides(weights) if weights else [])
+            overrides = [f"objective={method.objective}", *method.extra] + (method.overrides(weights) if weights else [])
             runs.append({"name": label, "method": name, "weights": weights, "overrides": overrides})
     return runs
 
@@ -173,6 +180,53 @@ def train_one(run: Dict[str, Any], out: Path, common: List[str]) -> Dict[str, An
             "wall_time_s": round(time.perf_counter() - started, 1)}
 
 
+class _OneProcess:
+    """What `evaluate_pairs` needs of the DeepSpeed seam, for a model evaluated in this process."""
+
+    device = None
+
+    @staticmethod
+    def all_reduce_sum(tensor: Any) -> Any:
+        return tensor
+
+
+def in_context_points(pro_run: Dict[str, Any], grid: List[Weights], objectives: List[str]) -> List[Dict[str, Any]]:
+    """PRO's exported policy scored on its held-out store with each user weight vector `w` of the grid written in
+    every prompt (the weights-in-context format) instead of the adapter's: does the policy follow the weights?"""
+    import torch
+
+    from framework.engine.batches import BatchBuilder
+    from framework.engine.step import evaluate_pairs
+    from framework.model.demo import demo_model_path
+    from framework.model.loading import load_causal_lm, load_tokenizer
+    from framework.model.orchestrator import context_prompt_ids, round_weights
+    from framework.store import open_store
+
+    config, run_dir = pro_run["config"], Path(pro_run["config"]["output_dir"])
+    data = config["data"]
+    policy = load_causal_lm(str(run_dir / "export")).eval()
+    reference = load_causal_lm(config["model"]["path"] or demo_model_path()).eval()
+    tokenizer = load_tokenizer(str(run_dir / "export"))
+    table = open_store(str(run_dir / "store" / "eval")).table()
+    builder = BatchBuilder(tokenizer.pad_token_id, data["max_length"], data["max_prompt_length"], "multi", False,
+                           ("context_prompts",))
+    _OneProcess.device = torch.device("cpu")
+    points = []
+    for weights in grid:
+        w = round_weights(weights)
+        ids = [context_prompt_ids(tokenizer, objectives, w, p, data["max_prompt_length"])
+               for p in table.column("prompt_ids").to_pylist()]
+        fixed = table.set_column(table.column_names.index("context_prompt_ids"), "context_prompt_ids", [ids])
+        batches = [builder.build(fixed.slice(i, 32), [False] * min(32, fixed.num_rows - i))
+                   for i in range(0, fixed.num_rows, 32)]
+        with torch.no_grad():
+            ev = evaluate_pairs(_OneProcess, policy, reference, batches)
+        method = pro_run["method"] + IN_CONTEXT
+        points.append({"name": f"{method}-" + "-".join(f"{x:g}" for x in weights), "method": method,
+                       "weights": weights, "eval": ev, "from_run": pro_run["name"]})
+    return points
+
+
 def fronts(runs: List[Dict[str, Any]], objectives: List[str], reference: Point) -> Dict[str, Any]:
     """Per method: every point (held-out reward accuracy per objective), its front and the front's hypervolume."""
     out: Dict[str, Any] = {}
@@ -185,8 +239,9 @@ def fronts(runs: List[Dict[str, Any]], objectives: List[str], reference: Point) 
     return out
 
 
-def verdicts(by_method: Dict[str, Any], runs: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """RACO's front against weighted-sum's; PRO's overall-label accuracy against the best fixed-weight run."""
+def verdicts(by_method: Dict[str, Any], runs: List[Dict[str, Any]], objectives: List[str]) -> Dict[str, Any]:
+    """RACO's front against weighted-sum's; PRO's overall-label accuracy against the best fixed-weight run; whether
+    PRO's policy follows user weights written in its prompts."""
     out: Dict[str, Any] = {}
     if "raco" in by_method and "weighted_sum" in by_method:
         raco, ws = by_method["raco"]["front"], by_method["weighted_sum"]["front"]
@@ -196,7 +251,8 @@ def verdicts(by_method: Dict[str, Any], runs: List[Dict[str, Any]]) -> Dict[str,
             "coverage_raco_over_ws": coverage(raco, ws), "coverage_ws_over_raco": coverage(ws, raco),
             "hypervolume": {m: by_method[m]["hypervolume"] for m in ("raco", "weighted_sum")}}
     pro = [r for r in runs if r["method"] == "pro"]
-    fixed = [r for r in runs if r["weights"] is not None and "eval/overall/reward_accuracy" in r["eval"]]
+    fixed = [r for r in runs if r["weights"] is not None and not r["method"].endswith(IN_CONTEXT)
+             and "eval/overall/reward_accuracy" in r["eval"]]
     if pro and fixed and "eval/overall/reward_accuracy" in pro[0]["eval"]:
         best = max(fixed, key=lambda r: r["eval"]["eval/overall/reward_accuracy"])
         pro_acc = pro[0]["eval"]["eval/overall/reward_accuracy"]
@@ -206,7 +262,25 @@ def verdicts(by_method: Dict[str, Any], runs: List[Dict[str, Any]]) -> Dict[str,
             "best_fixed": best["eval"]["eval/overall/reward_accuracy"], "best_fixed_run": best["name"],
             "pro_beats_best_fixed": pro_acc > best["eval"]["eval/overall/reward_accuracy"],
             "pro_point_dominated_by_a_fixed_front": any(dominates(p, pro_point) for m, e in by_method.items()
-                                                        if m != "pro" for p in e["front"])}
+                                                        if METHODS.get(m, METHODS["pro"]).objective != "pro"
+                                                        for p in e["front"])}
+    for method in [m for m in by_method if m.endswith(IN_CONTEXT)]:  # accuracy with all vs no weight in context
+        points = {tuple(r["weights"]): r["eval"] for r in runs if r["method"] == method}
+        out[f"{method}_follows_weights"] = {
+            name: {"weight_1": points[vertex][f"eval/{name}/reward_accuracy"],
+                   "weight_0": points[opposite][f"eval/{name}/reward_accuracy"]}
+            for name, vertex, opposite in _vertices(list(points), objectives)}
+    return out
+
+
+def _vertices(weights: List[Weights], objectives: List[str]) -> List[tuple]:
+    """(objective, its one-hot weight vector, a vector giving it weight 0) for objectives whose vertex is in the grid."""
+    out = []
+    for i, name in enumerate(objectives):
+        vertex = tuple(1.0 if j == i else 0.0 for j in range(len(objectives)))
+        opposite = next((w for w in weights if w[i] == 0.0), None)
+        if vertex in weights and opposite is not None:
+            out.append((name, vertex, opposite))
     return out
 
 
@@ -258,9 +332,12 @@ def main(argv: List[str]) -> int:
     data = prepare_data(work / "data", args.data, args.eval)
     common = [f"data.train={data['train']}", f"data.eval={data['eval']}", f"train.max_steps={args.steps}",
               f"train.seed={SEED}", "cluster.num_workers=1", "cluster.cpus_per_worker=2", "deepspeed=zero2",
-              "train.export=false", "train.eval_at_start=false", *args.overrides]
-    runs = plan(methods, weight_grid(args.grid, len(data["objectives"])))
-    return report(run_all(runs, work, common), data, args, common, work)
+              "train.eval_at_start=false", *args.overrides]
+    grid = weight_grid(args.grid, len(data["objectives"]))
+    done = run_all(plan(methods, grid), work, common)
+    for run in [r for r in done if METHODS[r["method"]].objective == "pro" and "error" not in r]:
+        done += in_context_points(run, grid, data["objectives"])
+    return report(done, data, args, common, work)
 
 
 def run_all(runs: List[Dict[str, Any]], work: Path, common: List[str]) -> List[Dict[str, Any]]:
@@ -303,7 +380,8 @@ def report(runs: List[Dict[str, Any]], data: Dict[str, Any], args: argparse.Name
                    "axes": "held-out implicit-reward accuracy per objective (ties of that objective excluded)",
                    "hypervolume_reference_point": list(reference), "hypervolume_dimensions": len(objectives),
                    "work_dir": str(work)},
-        "runs": runs, "fronts": by_method, "verdicts": verdicts(by_method, trained), "png": str(png) if png else None,
+        "runs": runs, "fronts": by_method, "verdicts": verdicts(by_method, trained, objectives),
+        "png": str(png) if png else None,
         "environment": environment(),
     }
     path = out / f"pareto-{stamp}.json"

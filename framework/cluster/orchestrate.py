@@ -16,10 +16,13 @@ log = logging.getLogger(__name__)
 
 
 def add_prompt_weights(store_path: str, adapter: str, tokenizer_path: str, max_prompt_length: Optional[int],
-                       batch_size: int = 64) -> Any:
+                       batch_size: int = 64, random_share: float = 0.0, seed: int = 0) -> Any:
     """The store's current version, or a new one holding the adapter's per-prompt weights (reused when the store
-    already holds weights from this very adapter and tokenizer)."""
+    already holds weights from this very adapter, tokenizer and options). A seeded `random_share` of rows gets a
+    uniform random point of the simplex instead (RiC-style curriculum): adapter weights are a function of the
+    prompt, so without them a policy can follow the prompt and ignore the weights line."""
     import pyarrow as pa
+    import torch
     from tqdm import tqdm
 
     from framework.store.errors import StoreError
@@ -30,7 +33,8 @@ def add_prompt_weights(store_path: str, adapter: str, tokenizer_path: str, max_p
     version = open_store(store_path)
     orchestrator = LoadedOrchestrator(adapter)
     wanted = {"adapter": orchestrator.path, "fingerprint": orchestrator.fingerprint(),
-              "tokenizer": tokenizer_fingerprint(tokenizer_path)["sha256"], "max_prompt_length": max_prompt_length}
+              "tokenizer": tokenizer_fingerprint(tokenizer_path)["sha256"], "max_prompt_length": max_prompt_length,
+              "random_share": random_share, "seed": seed}
     if version.manifest.get("orchestrator") == wanted and "prompt_weights" in version.columns:
         return version
     cols = version.table(columns=["prompt", "prompt_is_chat", "prompt_ids", "objective_names"]).to_pydict()
@@ -41,9 +45,12 @@ def add_prompt_weights(store_path: str, adapter: str, tokenizer_path: str, max_p
     tokenizer = load_tokenizer(tokenizer_path)
     texts = [prompt_text(p, c) for p, c in zip(cols["prompt"], cols["prompt_is_chat"])]
     weights, context = [], []
+    generator = torch.Generator().manual_seed(seed)
+    randomised = torch.rand(len(texts), generator=generator) < random_share
+    uniform = -torch.rand(len(texts), len(names), generator=generator).log()  # Dirichlet(1) = normalised Exp(1)
     for start in tqdm(range(0, len(texts), batch_size), desc="prompt weights", unit="batch"):
         for i, w in enumerate(orchestrator.weights(texts[start:start + batch_size]).tolist(), start):
-            rounded = round_weights(w)
+            rounded = round_weights((uniform[i] / uniform[i].sum()).tolist() if randomised[i] else w)
             weights.append(rounded)
             context.append(context_prompt_ids(tokenizer, names, rounded, cols["prompt_ids"][i], max_prompt_length))
     columns = {"prompt_weights": pa.array(weights, pa.list_(pa.float64())),
@@ -71,7 +78,9 @@ def prepare(objective: Any, train_store: str, eval_store: Optional[str], tokeniz
             log.info("training the orchestrator adapter on %s", train_store)
             train_orchestrator(train_store, adapter, encoder=objective.adapter_encoder, temperature=objective.temperature,
                                epochs=objective.adapter_epochs, lr=objective.adapter_lr, seed=seed)
-    train_store = str(add_prompt_weights(train_store, adapter, tokenizer_path, max_prompt_length).path)
+    train_store = str(add_prompt_weights(train_store, adapter, tokenizer_path, max_prompt_length,
+                                         random_share=objective.random_weights if objective.in_context else 0.0,
+                                         seed=seed).path)
     if eval_store is not None:
         eval_store = str(add_prompt_weights(eval_store, adapter, tokenizer_path, max_prompt_length).path)
     return train_store, eval_store

@@ -52,19 +52,25 @@ class PreferenceOrchestrator(MultiObjective):
     """adapter: a saved orchestrator directory (`alignray orchestrate train`), or null to train one on the
     training store first; temperature: T of the adapter targets; in_context: put the weights in the prompt
     (format in framework/model/orchestrator.py); adapter_epochs / adapter_lr / adapter_encoder: how a new adapter is
-    trained (encoder null = a tiny encoder built offline); component / component_args: the per-objective loss."""
+    trained (encoder null = a tiny encoder built offline); random_weights: share of training rows whose weights
+    (in context and in the loss) are a uniform random point of the simplex instead of the adapter's, so the policy
+    learns to read the weights line; component / component_args: the per-objective loss."""
 
     requires = ("prompt_weights",)
 
     def __init__(self, adapter: Optional[str] = None, temperature: float = 0.1, in_context: bool = True,
                  adapter_epochs: int = 3, adapter_lr: float = 1e-3, adapter_encoder: Optional[str] = None,
-                 component: str = "dpo", component_args: Optional[Mapping[str, Any]] = None) -> None:
+                 random_weights: float = 0.0, component: str = "dpo",
+                 component_args: Optional[Mapping[str, Any]] = None) -> None:
         super().__init__(None, component, component_args)
         if not float(temperature) > 0:
             raise ValueError(f"pro: temperature must be > 0, got {temperature}")
         if int(adapter_epochs) < 1 or not float(adapter_lr) > 0:
             raise ValueError(f"pro: adapter_epochs must be >= 1 and adapter_lr > 0, got {adapter_epochs}, {adapter_lr}")
+        if not 0.0 <= float(random_weights) <= 1.0:
+            raise ValueError(f"pro: random_weights must be in [0, 1], got {random_weights}")
         self.adapter, self.temperature, self.in_context = adapter, float(temperature), bool(in_context)
+        self.random_weights = float(random_weights)
         self.adapter_epochs, self.adapter_lr, self.adapter_encoder = int(adapter_epochs), float(adapter_lr), adapter_encoder
         if self.in_context:  # stored reference log-probs were computed without the weights line: live reference
             self.requires = ("prompt_weights", "context_prompts")

@@ -52,8 +52,8 @@ def test_plan_modpo_targets_the_heavier_objective_and_skips_unregistered(monkeyp
     monkeypatch.setitem(pareto.METHODS, "nope", pareto.Method("no_such_objective", None))
     runs = plan(["modpo", "nope"], [(0.0, 1.0), (0.5, 0.5)])
     assert [r["overrides"] for r in runs] == [
-        ["objective=modpo", "objective.weights=[0,1]", "objective.target=1"],
-        ["objective=modpo", "objective.weights=[0.5,0.5]", "objective.target=0"]]
+        ["objective=modpo", "train.export=false", "objective.weights=[0,1]", "objective.target=1"],
+        ["objective=modpo", "train.export=false", "objective.weights=[0.5,0.5]", "objective.target=0"]]
     assert "skipping nope" in caplog.text
 
 
@@ -139,23 +139,29 @@ def test_evaluate_pairs_without_overall_label_or_objectives(tiny_model_dir):
 # -- the benchmark end to end ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_bench_pareto_smoke(tmp_path, tiny_model_dir):
-    """`alignray bench pareto` through the CLI: two weighted-sum runs of 5 steps, JSON and PNG written."""
+    """`alignray bench pareto` through the CLI: two weighted-sum runs and one PRO run of 5 steps, PRO's policy
+    re-scored with each grid weight vector in its prompts; JSON and PNG written."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "launch.cli", "bench", "pareto", "--methods", "weighted_sum", "--grid", "2",
+    cmd = [sys.executable, "-m", "launch.cli", "bench", "pareto", "--methods", "weighted_sum,pro", "--grid", "2",
            "--steps", "5", "--out", str(tmp_path), f"model.path={tiny_model_dir}", "train.micro_batch_size=4"]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     [result] = list(tmp_path.glob("pareto-*.json"))
     record = json.loads(result.read_text())
     assert {"config", "runs", "fronts", "verdicts", "environment", "png"} <= set(record)
     assert record["config"]["objectives"] == ["topic", "brevity"]
-    assert [r["weights"] for r in record["runs"]] == [[1.0, 0.0], [0.0, 1.0]]
+    assert [(r["method"], r["weights"]) for r in record["runs"]] == [
+        ("weighted_sum", [1.0, 0.0]), ("weighted_sum", [0.0, 1.0]), ("pro", None),
+        ("pro_in_context", [1.0, 0.0]), ("pro_in_context", [0.0, 1.0])]
     for run in record["runs"]:
-        assert run["steps"] == 5
+        assert run.get("steps", 5) == 5
         for name in ("topic", "brevity", "overall"):
             assert 0.0 <= run["eval"][f"eval/{name}/reward_accuracy"] <= 1.0
     front = record["fronts"]["weighted_sum"]
     assert len(front["points"]) == 2 and 0.0 <= front["hypervolume"] <= 1.0
+    verdicts = record["verdicts"]
+    assert set(verdicts["pro_in_context_follows_weights"]) == {"topic", "brevity"}
+    assert "pro_beats_best_fixed" in verdicts["pro_vs_best_fixed_weights"]
     assert os.path.getsize(record["png"]) > 1000 and record["png"].startswith(str(tmp_path))
 
 

@@ -71,6 +71,27 @@ def test_prompt_weights_pass_writes_a_new_version_and_reuses_it(multi_store, ada
     assert again.version == version.version and open_store(str(multi_store.root)).version == version.version
 
 
+def test_random_weights_share_replaces_the_adapters_weights_reproducibly(multi_store, adapter, tmp_path):
+    import shutil
+
+    from framework.cluster.orchestrate import add_prompt_weights
+    from framework.model.demo import demo_tokenizer_path
+
+    shutil.copytree(multi_store.root, tmp_path / "store")
+    adapter_version = add_prompt_weights(str(tmp_path / "store"), adapter[0], demo_tokenizer_path(), 64)
+    by_adapter = adapter_version.table(columns=["prompt_weights"]).column("prompt_weights").to_pylist()
+
+    def randomised(seed):
+        version = add_prompt_weights(str(tmp_path / "store"), adapter[0], demo_tokenizer_path(), 64,
+                                     random_share=0.5, seed=seed)
+        return version.table(columns=["prompt_weights"]).column("prompt_weights").to_pylist()
+
+    first, other, again = randomised(0), randomised(1), randomised(0)  # the last is recomputed, not reused
+    assert first == again and first != other
+    changed = sum(a != b for a, b in zip(first, by_adapter)) / len(first)
+    assert 0.35 < changed < 0.65 and all(abs(sum(w) - 1.0) < 1e-9 and min(w) >= 0 for w in first)
+
+
 def test_adapter_for_other_objectives_is_refused(multi_store, adapter, tmp_path):
     from framework.cluster.orchestrate import add_prompt_weights
     from framework.model.demo import demo_tokenizer_path
