@@ -73,15 +73,18 @@ def test_export_loads_and_matches_engine_logps(runs, name):
     from framework.cluster.worker import _eval_batches
     from framework.engine.step import stats
     from framework.model.loading import load_tokenizer
+    from framework.objectives import build_objective
 
     run = runs[name]
+    objective = build_objective(run["cfg"].objective_name, **run["cfg"].objective_hparams)
     export = run["dir"] / "export"
     model = AutoModelForCausalLM.from_pretrained(export).eval()
     tokenizer = load_tokenizer(str(export))
     world = run["cfg"].cluster.num_workers
     for rank in range(world):
         probe = torch.load(run["dir"] / "probe" / f"rank{rank}.pt")
-        batch = _eval_batches(str(run["dir"] / "store" / "eval"), rank, world, run["cfg"], tokenizer.pad_token_id)[0]
+        batch = _eval_batches(str(run["dir"] / "store" / "eval"), rank, world, run["cfg"], tokenizer.pad_token_id,
+                              objective)[0]
         assert batch.row_ids == probe["row_ids"]
         with torch.no_grad():
             logps = stats(model, batch.tokens).logps
