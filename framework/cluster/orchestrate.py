@@ -25,9 +25,9 @@ def add_prompt_weights(store_path: str, adapter: str, tokenizer_path: str, max_p
     import torch
     from tqdm import tqdm
 
-    from framework.store.errors import StoreError
     from framework.model.orchestrator import LoadedOrchestrator, context_prompt_ids, prompt_text, round_weights
     from framework.store import add_columns, open_store
+    from framework.store.errors import StoreError
     from framework.store.tokenize import load_tokenizer, tokenizer_fingerprint
 
     version = open_store(store_path)
@@ -47,7 +47,7 @@ def add_prompt_weights(store_path: str, adapter: str, tokenizer_path: str, max_p
     weights, context = [], []
     generator = torch.Generator().manual_seed(seed)
     randomised = torch.rand(len(texts), generator=generator) < random_share
-    uniform = -torch.rand(len(texts), len(names), generator=generator).log()  # Dirichlet(1) = normalised Exp(1)
+    uniform = -(1.0 - torch.rand(len(texts), len(names), generator=generator)).log()  # Dirichlet(1): normalised Exp(1)
     for start in tqdm(range(0, len(texts), batch_size), desc="prompt weights", unit="batch"):
         for i, w in enumerate(orchestrator.weights(texts[start:start + batch_size]).tolist(), start):
             rounded = round_weights((uniform[i] / uniform[i].sum()).tolist() if randomised[i] else w)

@@ -52,8 +52,8 @@ class PreferenceOrchestrator(MultiObjective):
     """adapter: a saved orchestrator directory (`alignray orchestrate train`), or null to train one on the
     training store first; temperature: T of the adapter targets; in_context: put the weights in the prompt
     (format in framework/model/orchestrator.py); adapter_epochs / adapter_lr / adapter_encoder: how a new adapter is
-    trained (encoder null = a tiny encoder built offline); random_weights: share of training rows whose weights
-    (in context and in the loss) are a uniform random point of the simplex instead of the adapter's, so the policy
+    trained (encoder null = a tiny encoder built offline); random_weights: with in_context, the share of training rows
+    whose weights (in context and in the loss) are a uniform random point of the simplex instead of the adapter's, so the policy
     learns to read the weights line; component / component_args: the per-objective loss."""
 
     requires = ("prompt_weights",)
