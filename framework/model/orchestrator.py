@@ -49,7 +49,7 @@ def context_prompt_ids(tokenizer: Any, names: Sequence[str], weights: Sequence[f
                        max_prompt_length: Optional[int] = None) -> List[int]:
     """BOS + tokens(weights line) + the prompt's ids without its BOS; when too long, the prompt loses its first
     tokens (as the store truncates prompts), never the weights line."""
-    line = tokenizer(weights_line(names, weights), add_special_tokens=False)["input_ids"]
+    line = _line_ids(tokenizer, weights_line(names, weights))
     bos = tokenizer.bos_token_id
     head = [bos] if bos is not None and list(prompt_ids[:1]) == [bos] else []
     body = list(prompt_ids[len(head):])
@@ -57,6 +57,14 @@ def context_prompt_ids(tokenizer: Any, names: Sequence[str], weights: Sequence[f
         room = max(0, max_prompt_length - len(head) - len(line))
         body = body[len(body) - room:] if room else []
     return head + line + body
+
+
+def _line_ids(tokenizer: Any, line: str) -> List[int]:
+    """Token ids of a weights line, cached on the tokenizer: rows share a few distinct lines (2-decimal weights)."""
+    cache = tokenizer.__dict__.setdefault("_alignray_weight_lines", {})
+    if line not in cache:
+        cache[line] = tokenizer(line, add_special_tokens=False)["input_ids"]
+    return cache[line]
 
 
 def prompt_text(prompt: str, is_chat: bool) -> str:
@@ -231,8 +239,11 @@ def train_orchestrator(store_path: str, out: str, *, encoder: Optional[str] = No
 
 def _kl(model: Orchestrator, tokenizer: Any, data: Dict[str, Any], rows: Sequence[int], max_length: int) -> torch.Tensor:
     """KL(w* ‖ f_ψ(x)) per row."""
-    target = data["targets"][list(rows)]
     log_f = model(**encode(tokenizer, [data["prompts"][i] for i in rows], max_length))
+    return kl_divergence(data["targets"][list(rows)], log_f)
+
+
+def kl_divergence(target: torch.Tensor, log_f: torch.Tensor) -> torch.Tensor:
     return (target * (target.clamp_min(1e-12).log() - log_f)).sum(-1)
 
 
@@ -242,14 +253,12 @@ def _held_out_metrics(model: Orchestrator, tokenizer: Any, data: Dict[str, Any],
     if not held:
         return {"heldout_rows": 0, "heldout_kl": float("nan"), "heldout_kl_constant": float("nan"), "heldout_top1": float("nan")}
     target = data["targets"][held]
-    kl = torch.cat([_kl(model, tokenizer, data, held[i:i + 64], max_length) for i in range(0, len(held), 64)])
-    constant = data["targets"][train].mean(0)
-    kl_constant = (target * (target.clamp_min(1e-12).log() - constant.log())).sum(-1)
-    predicted = torch.cat([model(**encode(tokenizer, [data["prompts"][j] for j in held[i:i + 64]], max_length))
-                           for i in range(0, len(held), 64)])
-    top1 = (predicted.argmax(-1) == target.argmax(-1)).float().mean()
-    return {"heldout_rows": len(held), "heldout_kl": float(kl.mean()), "heldout_kl_constant": float(kl_constant.mean()),
-            "heldout_top1": float(top1)}
+    log_f = torch.cat([model(**encode(tokenizer, [data["prompts"][j] for j in held[i:i + 64]], max_length))
+                       for i in range(0, len(held), 64)])
+    kl_constant = kl_divergence(target, data["targets"][train].mean(0).log())
+    top1 = (log_f.argmax(-1) == target.argmax(-1)).float().mean()
+    return {"heldout_rows": len(held), "heldout_kl": float(kl_divergence(target, log_f).mean()),
+            "heldout_kl_constant": float(kl_constant.mean()), "heldout_top1": float(top1)}
 
 
 def _save(model: Orchestrator, tokenizer: Any, info: Dict[str, Any], out: Path) -> None:
