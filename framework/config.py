@@ -20,11 +20,25 @@ class ConfigError(UserError, ValueError):
 
 
 @dataclasses.dataclass
+class LoraConfig:
+    r: int = 0  # LoRA rank; 0 = full fine-tuning
+    alpha: Optional[float] = None  # scaling numerator (scale = alpha / r); None = 2·r
+    dropout: float = 0.0
+    target_modules: Any = None  # None = peft's default for the architecture; "all-linear"; or a list of names
+    adapter: Optional[str] = None  # start from this saved peft adapter (its r/alpha/targets win); implies LoRA
+
+
+@dataclasses.dataclass
 class ModelConfig:
     path: Optional[str] = None  # local HF dir or hub id; None = the built-in demo model
-    reference_path: Optional[str] = None  # None = same weights as `path`
+    reference_path: Optional[str] = None  # None = same weights as `path` (with LoRA: the adapters switched off)
     dtype: str = "fp32"
     trust_remote_code: bool = False
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.lora.r > 0 or self.lora.adapter is not None
 
 
 @dataclasses.dataclass
@@ -80,6 +94,7 @@ class TrainConfig:
     report_every: int = 0  # steps between metric-only reports to Ray Train (0: only with checkpoints)
     eval_at_start: bool = True
     eval_at_end: bool = True
+    eval_every: int = 0  # steps between held-out evaluations (metrics.jsonl); 0 = only at start and end
     checkpoint_every: int = 0  # steps; 0 = only at the end
     keep_checkpoints: int = 2
     max_nonfinite_steps: int = 3  # consecutive non-finite losses before the run stops
@@ -120,6 +135,7 @@ ALLOWED: Dict[str, Tuple[Any, ...]] = {
     "data.kind": (None, "pairwise", "ranked", "binary", "multi"),
     "data.use_stored_reference": ("auto", "never", "require"),
 }
+NESTED: Dict[str, type] = {"model.lora": LoraConfig}
 POSITIVE = ("cluster.num_workers", "train.max_steps", "train.micro_batch_size", "train.grad_accum",
             "data.max_length", "data.max_prompt_length", "train.lr", "cluster.cpus_per_worker",
             "cluster.placement_timeout_s")
@@ -140,8 +156,26 @@ def _build(cls: Type[T], values: Mapping[str, Any], prefix: str) -> T:
             raise ConfigError(f"{key}={value} is not allowed; allowed: {allowed}")
         if key in POSITIVE and not (isinstance(value, (int, float)) and value > 0):
             raise ConfigError(f"{key}={value} must be a positive number")
+        if key in NESTED:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{key} must be a group of keys ({key}.KEY=VALUE), not {value!r}")
+            value = _build(NESTED[key], value, key)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _check_lora(lora: LoraConfig) -> None:
+    if isinstance(lora.r, bool) or not isinstance(lora.r, int) or lora.r < 0:
+        raise ConfigError(f"model.lora.r={lora.r} must be a whole number >= 0 (0 = full fine-tuning, LoRA off)")
+    if lora.alpha is not None and not (isinstance(lora.alpha, (int, float)) and lora.alpha > 0):
+        raise ConfigError(f"model.lora.alpha={lora.alpha} must be a positive number (or null for 2·r)")
+    if not (isinstance(lora.dropout, (int, float)) and 0 <= lora.dropout < 1):
+        raise ConfigError(f"model.lora.dropout={lora.dropout} must be in [0, 1)")
+    targets = lora.target_modules
+    if not (targets is None or isinstance(targets, str) or
+            (isinstance(targets, (list, tuple)) and targets and all(isinstance(t, str) for t in targets))):
+        raise ConfigError(f"model.lora.target_modules={targets} must be null, a module name pattern, 'all-linear' "
+                          "or a non-empty list of module names")
 
 
 def validate_objective(objective: Mapping[str, Any]) -> Dict[str, Any]:
@@ -183,6 +217,7 @@ def from_dict(raw: Mapping[str, Any]) -> RunConfig:
         output_dir=str(raw.get("output_dir") or "runs/latest"),
         resume=raw.get("resume"),
     )
+    _check_lora(config.model.lora)
     if config.data.max_prompt_length >= config.data.max_length:
         raise ConfigError("data.max_prompt_length must be smaller than data.max_length")
     if config.deepspeed.zero_stage == 0 and config.deepspeed.offload_optimizer:
@@ -218,3 +253,14 @@ def _check_stored_reference(config: RunConfig) -> None:
         raise ConfigError(f"data.use_stored_reference=require, but objective={config.objective_name} needs reference "
                           f"{', '.join(live)}, which a store does not hold",
                           "set data.use_stored_reference=auto (the reference model then runs live)")
+
+
+def compose_config(overrides: List[str]) -> RunConfig:
+    """The packaged Hydra config (conf/) with `alignray train`-style overrides, validated: for programs that run
+    training in-process (benchmarks, notebooks) without going through the CLI."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        raw = compose(config_name="config", overrides=overrides)
+    return from_dict(OmegaConf.to_container(raw, resolve=True))

@@ -126,6 +126,19 @@ def check_inputs(cfg: RunConfig) -> None:
     _check_resume(cfg.resume)
     _check_aligned_models(cfg)
     _check_orchestrator(cfg)
+    _check_lora(cfg)
+
+
+def _check_lora(cfg: RunConfig) -> None:
+    """Target modules the model lacks, or an adapter made for another base: one line before Ray starts."""
+    if not cfg.model.uses_lora:
+        return
+    from framework.model.demo import demo_model_path
+    from framework.model.lora import check_lora
+    from framework.objectives import objective_class
+
+    reward = "rewards" in objective_class(cfg.objective_name).requires
+    check_lora(cfg.model.path or demo_model_path(), cfg.model.lora, reward, cfg.model.trust_remote_code)
 
 
 def _check_orchestrator(cfg: RunConfig) -> None:

@@ -12,6 +12,7 @@ PANELS = [
     ("loss", ["loss"]),
     ("rewards", ["rewards/accuracy", "rewards/margin"]),
     ("log-probs", ["logps/chosen", "logps/rejected"]),
+    ("held-out accuracy", ["eval/policy_accuracy", "eval/policy_accuracy_mean", "eval/reward_accuracy"]),
     ("throughput (tokens/s)", ["tokens_per_s"]),
 ]
 SMOOTH = 10  # steps in the running mean of the noisy per-objective accuracies

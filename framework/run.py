@@ -79,8 +79,12 @@ def export(cfg: RunConfig, prepared: Any, checkpoint: Any) -> Path:
     with checkpoint.as_directory() as directory:
         state = consolidated_state_dict(directory)
     reward_model = "rewards" in objective_class(cfg.objective_name).requires
-    return export_hf(state, prepared.model_path, prepared.tokenizer_path, str(Path(cfg.output_dir) / "export"),
-                     reward_model=reward_model)
+    out = str(Path(cfg.output_dir) / "export")
+    if cfg.model.uses_lora:  # the checkpoint holds the adapter only: merged model + peft adapter dir
+        from framework.model.lora import export_lora
+
+        return export_lora(state, prepared.model_path, prepared.tokenizer_path, cfg.model.lora, out, reward_model)
+    return export_hf(state, prepared.model_path, prepared.tokenizer_path, out, reward_model=reward_model)
 
 
 def summarise(output: Path, result: Any, wall: float) -> Dict[str, Any]:
@@ -100,6 +104,10 @@ def summarise(output: Path, result: Any, wall: float) -> Dict[str, Any]:
         "eval_accuracy_start": start.get("eval/policy_accuracy@start"),
         "eval_accuracy_end": end.get("eval/policy_accuracy"),
         "eval_reward_accuracy_end": end.get("eval/reward_accuracy"),
+        "eval_accuracy_mean_start": start.get("eval/policy_accuracy_mean@start"),
+        "eval_accuracy_mean_end": end.get("eval/policy_accuracy_mean"),
+        # depends on the reference and the data only: the same at start and end
+        "eval_idealized_accuracy": end.get("eval/idealized_accuracy", start.get("eval/idealized_accuracy@start")),
         "eval_end": {k: v for k, v in end.items() if k.startswith("eval/")},  # incl. per-objective accuracies
         "checkpoint": result.checkpoint.path if result.checkpoint is not None else None,
         "metrics": str(output / "metrics.jsonl"),
@@ -132,6 +140,12 @@ def format_summary(summary: Dict[str, Any]) -> str:
     else:
         lines.append(f"  held-out preference accuracy (policy log-prob margin > 0): {pct(summary['eval_accuracy_start'])}"
                      f" before -> {pct(summary['eval_accuracy_end'])} after")
+    if summary.get("eval_accuracy_mean_end") is not None:
+        lines.append(f"  held-out ranking accuracy with per-token mean log-probs: {pct(summary.get('eval_accuracy_mean_start'))}"
+                     f" before -> {pct(summary['eval_accuracy_mean_end'])} after")
+    if summary.get("eval_idealized_accuracy") is not None:
+        lines.append(f"  idealized ranking accuracy (Chen et al. 2024; what the exact optimum would reach): "
+                     f"{pct(summary['eval_idealized_accuracy'])}")
     if summary.get("eval_reward_accuracy_end") is not None:
         lines.append(f"  held-out implicit-reward accuracy after training: {pct(summary['eval_reward_accuracy_end'])}")
     lines += [

@@ -15,6 +15,7 @@ from framework.errors import UserError
 
 SCENARIOS = {
     "pareto": ("benchmarks.pareto", "Pareto fronts of weighted-sum/MODPO/RACO/PRO, held-out accuracy per objective"),
+    "lora": ("benchmarks.lora", "LoRA vs full fine-tuning: trainable params, memory per rank, tokens/s at ZeRO-2/3"),
 }
 
 

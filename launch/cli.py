@@ -22,6 +22,8 @@ COMMANDS = {
     "submit": ("launch.jobs", "submit `alignray train` to a Ray cluster through the Jobs API"),
     "orchestrate": ("launch.orchestrate", "train the PRO objective-weight adapter / print its weights for prompts"),
     "job": ("launch.jobs", "status | logs | stop | list of submitted jobs"),
+    "eval": ("launch.eval", "ranking / implicit-reward / idealized accuracy, win rates and a report for a model"),
+    "generate": ("launch.generate", "sample K continuations per prompt on Ray workers (seeded per row) to JSONL"),
     "bench": ("launch.bench", "benchmarks from benchmarks/: alignray bench pareto ... (alignray bench --help)"),
 }
 USER_ERROR_EXIT = 2

@@ -93,33 +93,27 @@ def add_reference(store_path: str, model_path: str, *, max_length: int = 128, ma
 
 def _samples_part(store_path: str, start: int, end: int, *, model_path: str, k: int, max_new_tokens: int,
                   temperature: float, seed: int, max_prompt_length: int) -> List[tuple]:
-    """K sampled continuations per prompt: (texts, token ids with EOS)."""
+    """K sampled continuations per prompt: (texts, token ids with EOS), drawn as `alignray generate` draws."""
     import torch
 
     from framework.model.loading import load_causal_lm, load_tokenizer
+    from framework.model.sampling import sample_continuations
     from framework.store import open_store
 
     torch.set_num_threads(1)
     store = open_store(store_path)
     tokenizer = load_tokenizer(model_path)
     model = load_causal_lm(model_path).eval()
+    eos = tokenizer.eos_token_id
     out: List[tuple] = []
     prompts = store.take(list(range(start, end)), columns=["prompt_ids"]).column("prompt_ids").to_pylist()
     for offset, prompt in enumerate(prompts):
-        torch.manual_seed(seed + start + offset)  # per-row seed: the samples do not depend on the task split
-        ids = torch.tensor([prompt[-max_prompt_length:]])
-        with torch.no_grad():
-            generated = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=temperature,
-                                       top_k=0, max_new_tokens=max_new_tokens, num_return_sequences=k,
-                                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        texts, token_ids = [], []
-        for row in generated[:, ids.shape[1]:].tolist():
-            if tokenizer.eos_token_id in row:
-                row = row[: row.index(tokenizer.eos_token_id)]
-            row = [t for t in row if t != tokenizer.pad_token_id] or [tokenizer.eos_token_id]
-            texts.append(tokenizer.decode(row, skip_special_tokens=True))
-            token_ids.append(row + ([tokenizer.eos_token_id] if row[-1] != tokenizer.eos_token_id else []))
-        out.append((texts, token_ids))
+        # per-row seed: the samples do not depend on the task split
+        rows = sample_continuations(model, prompt[-max_prompt_length:], k=k, max_new_tokens=max_new_tokens,
+                                    temperature=temperature, seed=seed + start + offset, eos_id=eos)
+        rows = [[t for t in row if t != tokenizer.pad_token_id] or [eos] for row in rows]
+        out.append(([tokenizer.decode(row, skip_special_tokens=True) for row in rows],
+                    [row + ([eos] if row[-1] != eos else []) for row in rows]))
     return out
 
 
@@ -174,7 +168,9 @@ def _aligned_part(store_path: str, start: int, end: int, *, model_paths: Sequenc
 
 def _encode_prompt(tokenizer: Any, prompt: str, is_chat: bool) -> List[int]:
     if is_chat and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(json.loads(prompt), add_generation_prompt=True, tokenize=True)
+        # transformers 5 returns a BatchEncoding unless asked for the ids
+        return tokenizer.apply_chat_template(json.loads(prompt), add_generation_prompt=True, tokenize=True,
+                                             return_dict=False)
     return tokenizer(prompt)["input_ids"]
 
 

@@ -51,6 +51,7 @@ def train_worker(payload: Dict[str, Any]) -> None:
     from framework.engine.seam import DeepSpeedSeam, pick_device
     from framework.engine.step import StepRunner
     from framework.model.loading import load_causal_lm, load_reward_model, load_tokenizer
+    from framework.model.lora import AdaptersDisabled, apply_lora, lora_summary
     from framework.objectives import build_objective
     from framework.store import EpochSampler, open_store
 
@@ -73,19 +74,30 @@ def train_worker(payload: Dict[str, Any]) -> None:
     stored_reference = _use_stored_reference(cfg, store, paths, objective)
     tokenizer = load_tokenizer(paths["tokenizer_path"])
 
+    reward = "rewards" in objective.requires
+    live_reference = objective.needs_reference and not stored_reference
+    # With LoRA the frozen base is the reference unless another model is named: no second copy is loaded.
+    base_is_reference = cfg.model.uses_lora and paths["reference_path"] == paths["model_path"]
     with seam.model_loading():
-        if "rewards" in objective.requires:
+        if reward:
             policy = load_reward_model(paths["model_path"], cfg.model.dtype, tokenizer.pad_token_id, cfg.model.trust_remote_code)
         else:
             policy = load_causal_lm(paths["model_path"], cfg.model.dtype, cfg.model.trust_remote_code)
-        live_reference = objective.needs_reference and not stored_reference
-        reference = load_causal_lm(paths["reference_path"], cfg.model.dtype) if live_reference else None
+        if cfg.model.uses_lora:
+            policy = apply_lora(policy, cfg.model.lora, reward)
+        separate = live_reference and not base_is_reference
+        reference = load_causal_lm(paths["reference_path"], cfg.model.dtype) if separate else None
+    parameters = lora_summary(policy)
     engine = seam.wrap_policy(policy, cfg.train.max_steps)
-    reference = seam.wrap_reference(reference) if reference is not None else None
+    if reference is not None:
+        reference = seam.wrap_reference(reference)
+    elif live_reference:
+        reference = AdaptersDisabled(engine)
     mode = "stored" if stored_reference else ("live" if reference is not None else "none")
     if rank == 0:
-        info = {"reference": mode, "world_size": world, "zero_stage": cfg.deepspeed.zero_stage,
-                "objective": cfg.objective_name, "device": str(device), "backend": payload["backend"]}
+        info = {"reference": mode, "reference_from": _reference_source(mode, base_is_reference, paths),
+                "world_size": world, "zero_stage": cfg.deepspeed.zero_stage, "objective": cfg.objective_name,
+                "device": str(device), "backend": payload["backend"], **parameters}
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.output_dir) / "run_info.json").write_text(json.dumps(info, indent=2))
 
@@ -102,8 +114,19 @@ def train_worker(payload: Dict[str, Any]) -> None:
     try:
         TrainLoop(runner, builder, store, sampler, cfg.train, reporter, eval_batches).run()
         _write_probe(cfg.output_dir, rank, runner, eval_batches)
+        _write_memory(cfg.output_dir, rank, seam, reference)
     finally:
         reporter.close()
+
+
+def _reference_source(mode: str, base_is_reference: bool, paths: Dict[str, Any]) -> str:
+    if mode == "stored":
+        return f"log-probs stored in {paths['train_store']}"
+    if mode == "none":
+        return "none (the objective needs no reference)"
+    if base_is_reference:
+        return f"the policy with its LoRA adapters disabled (base model {paths['model_path']}; no second copy)"
+    return f"a separate model loaded from {paths['reference_path']}"
 
 
 def _use_stored_reference(cfg: Any, store: Any, paths: Dict[str, Any], objective: Any) -> bool:
@@ -135,6 +158,17 @@ def _eval_batches(eval_store: Optional[str], rank: int, world: int, cfg: Any, pa
     requires = [r for r in objective.requires if r == "context_prompts"]
     builder = BatchBuilder(pad_id, cfg.data.max_length, cfg.data.max_prompt_length, feedback, False, requires)
     return [builder.build(store.take(batch.indices), batch.is_padding) for batch in sampler.plan(0)]
+
+
+def _write_memory(output_dir: str, rank: int, seam: Any, reference: Any) -> None:
+    """This rank's peak RSS and model-state bytes (what LoRA and ZeRO save), for benchmarks and the curious."""
+    import resource
+
+    record = {"rank": rank, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+              **{f"{k}_mib": v / 2**20 for k, v in seam.model_state_bytes(reference).items()}}
+    memory_dir = Path(output_dir) / "memory"
+    memory_dir.mkdir(parents=True, exist_ok=True)
+    (memory_dir / f"rank{rank}.json").write_text(json.dumps(record, indent=2))
 
 
 def _write_probe(output_dir: str, rank: int, runner: Any, eval_batches: List[Any]) -> None:

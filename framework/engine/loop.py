@@ -105,6 +105,8 @@ class TrainLoop:
                             "skipped_steps": self.skipped_steps, "wall_clock": time.time()})
             checkpoint = None
             last = self.step == self.train.max_steps
+            if self._periodic_eval_due(last):
+                metrics.update(self._evaluate())
             stop = not last and self._stop_requested()
             if last or (stop and self.train.checkpoint_on_interrupt) or (
                     self.train.checkpoint_every and self.step % self.train.checkpoint_every == 0):
@@ -125,6 +127,11 @@ class TrainLoop:
         stopping alone would hang the others in their next collective)."""
         flag = torch.tensor([1.0 if self.reporter.stop_requested() else 0.0], device=self.seam.device)
         return float(self.seam.all_reduce_sum(flag)[0]) > 0
+
+    def _periodic_eval_due(self, last: bool) -> bool:
+        """`train.eval_every`; the last step's evaluation is eval_at_end's when that is on (no second forward)."""
+        every = self.train.eval_every
+        return bool(self.eval_batches) and every > 0 and self.step % every == 0 and not (last and self.train.eval_at_end)
 
     def _evaluate(self) -> Dict[str, float]:
         return self.runner.evaluate(self.eval_batches)

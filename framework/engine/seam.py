@@ -51,6 +51,7 @@ class DeepSpeedSeam:
         self.engine: Any = None
         self._optimizer: Any = None  # the torch optimizer DeepSpeed's (ZeRO) wrapper steps
         self._hf_ds_config: Any = None  # must outlive from_pretrained under ZeRO-3
+        self._frozen = False  # the policy has frozen parameters (LoRA)
 
     # -- process group ---------------------------------------------------------------------------------
     def init_distributed(self) -> None:
@@ -100,6 +101,8 @@ class DeepSpeedSeam:
         def make_scheduler(optimizer: torch.optim.Optimizer) -> Any:
             return _SkippableLambdaLR(optimizer, _warmup_cosine(train.warmup_steps, total_steps))
 
+        # LoRA: checkpoints keep the trainable tensors (adapters) and their optimizer state, not the frozen base.
+        self._frozen = any(not p.requires_grad for p in model.parameters())
         self.engine, *_ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -204,6 +207,33 @@ class DeepSpeedSeam:
         if self.ds.zero_stage == 0:
             self.engine.zero_grad()
 
+    def model_state_bytes(self, reference: Any = None) -> Dict[str, int]:
+        """Bytes this rank holds for weights (policy, and a separate reference model if any) and for optimizer
+        state (fp32 master partitions and Adam moments), each storage counted once. Gradient buffers and
+        activations are not included: the process's peak RSS covers everything."""
+        def local(tensor: torch.Tensor) -> torch.Tensor:
+            part = getattr(tensor, "ds_tensor", None)  # ZeRO-3: this rank's partition
+            return part if part is not None else tensor
+
+        seen: set = set()
+
+        def total(tensors: Iterator[torch.Tensor]) -> int:
+            count = 0
+            for tensor in tensors:
+                tensor = local(tensor)
+                key = (tensor.untyped_storage().data_ptr(), tensor.device)
+                if tensor.numel() and key not in seen:
+                    seen.add(key)
+                    count += tensor.untyped_storage().nbytes()
+            return count
+
+        # A separate reference is a module (or a ZeRO-3 engine, also a module); LoRA's adapters-off view is not.
+        models = [self.engine.module] + ([reference] if isinstance(reference, torch.nn.Module) else [])
+        weights = total(p for model in models for p in model.parameters())
+        groups = [p for group in self._optimizer.param_groups for p in group["params"]]
+        moments = [t for state in self._optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+        return {"weights": weights, "optimizer": total(iter(groups)) + total(iter(moments))}
+
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])
 
@@ -219,11 +249,14 @@ class DeepSpeedSeam:
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def save(self, directory: str, tag: str, client_state: Dict[str, Any]) -> None:
-        """Every rank writes its ZeRO partition into `directory/tag` (plus the `latest` marker)."""
-        self.engine.save_checkpoint(directory, tag=tag, client_state=client_state)
+        """Every rank writes its ZeRO partition into `directory/tag` (plus the `latest` marker); frozen parameters
+        (a LoRA base) are left out."""
+        self.engine.save_checkpoint(directory, tag=tag, client_state=client_state,
+                                    exclude_frozen_parameters=self._frozen)
 
     def load(self, directory: str) -> Dict[str, Any]:
-        path, client_state = self.engine.load_checkpoint(directory)
+        # Without the frozen base in the file, the module load is partial by design (the base comes from model.path).
+        path, client_state = self.engine.load_checkpoint(directory, load_module_strict=not self._frozen)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint could be loaded from {directory}")
         return client_state or {}

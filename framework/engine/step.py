@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from framework.engine import ranking
 from framework.engine.batches import MicroBatch
 from framework.engine.multi import combined_loss
 from framework.model.batching import TokenBatch, collate
@@ -137,7 +138,8 @@ class StepRunner:
 
     def evaluate(self, batches: List[MicroBatch]) -> Dict[str, float]:
         """Held-out pairwise accuracy of the current policy (see `evaluate_pairs`)."""
-        return evaluate_pairs(self.seam, self.policy, self.reference, batches, reward=self.reward_model)
+        beta = float(getattr(self.objective, "beta", ranking.DEFAULT_BETA))
+        return evaluate_pairs(self.seam, self.policy, self.reference, batches, reward=self.reward_model, beta=beta)
 
     def _reduce(self, sums: Dict[str, torch.Tensor]) -> Dict[str, float]:
         """Global means: per-example metrics over real examples of all ranks; tokens as a global total."""
@@ -164,40 +166,50 @@ def accumulate_metrics(sums: Dict[str, torch.Tensor], out: Any, weights: torch.T
 
 @torch.no_grad()
 def evaluate_pairs(seam: Any, policy: Any, reference: Optional[Any], batches: List[MicroBatch],
-                   reward: bool = False) -> Dict[str, float]:
-    """Held-out pairwise accuracy: policy margin ℓ_θ(y_w) > ℓ_θ(y_l) (for a reward model r(y_w) > r(y_l)), and
-    (with a reference) the implicit reward margin ρ(y_w) > ρ(y_l), ρ = log π − log π_ref. The plain keys take
-    column 0 as chosen; a multi-objective batch also gets `eval/<objective>/...` per objective and, when its rows
-    carry the overall human label, `eval/overall/...`, each over the pairs that preference orders (ties left out).
+                   reward: bool = False, beta: float = ranking.DEFAULT_BETA,
+                   alpha: float = ranking.DEFAULT_ALPHA) -> Dict[str, float]:
+    """Held-out pairwise accuracy: policy margin ℓ_θ(y_w) > ℓ_θ(y_l) (for a reward model r(y_w) > r(y_l)), the
+    same with per-token mean log-probs (`policy_accuracy_mean`) and (with a reference) the implicit reward margin
+    ρ(y_w) > ρ(y_l), ρ = log π − log π_ref, and Chen et al.'s idealized ranking accuracy for β (the reference
+    margin + logit(α)/β > 0, see `framework.engine.ranking`). The plain keys take column 0 as chosen; a
+    multi-objective batch also gets `eval/<objective>/...` per objective and, when its rows carry the overall
+    human label, `eval/overall/...`, each over the pairs that preference orders (ties left out).
     Every rank runs its share (ZeRO-3 forwards are collective); one all-reduce."""
     keys = list(eval_preferences(batches[0])) if batches else [""]
-    totals = torch.zeros(len(keys), 3, dtype=torch.float64)  # per preference: pairs, policy correct, reward correct
+    # per preference: pairs, policy correct, reward correct, per-token-mean correct, idealized correct
+    totals = torch.zeros(len(keys), 5, dtype=torch.float64)
     margin_sum = torch.zeros(1, dtype=torch.float64)
     for mb in batches:
         tokens = mb.tokens.to(seam.device)
         policy_stats = stats(policy, tokens, reward=reward)
         score = policy_stats.rewards if reward else policy_stats.logps
         margin = (score[:, 0] - score[:, 1]).double().cpu()
-        rho_margin = torch.zeros_like(margin)
+        per_token = (score / policy_stats.lengths.clamp(min=1)).double().cpu() if not reward else score.double().cpu()
+        mean_margin = per_token[:, 0] - per_token[:, 1]
+        rho_margin, ideal_margin = torch.zeros_like(margin), torch.zeros_like(margin)
         if reference is not None:
-            rho = (policy_stats.logps - stats(reference, tokens).logps).double().cpu()
-            rho_margin = rho[:, 0] - rho[:, 1]
+            reference_logps = stats(reference, tokens).logps.double().cpu()
+            ref_margin = reference_logps[:, 0] - reference_logps[:, 1]
+            rho_margin = policy_stats.logps[:, 0].double().cpu() - policy_stats.logps[:, 1].double().cpu() - ref_margin
+            ideal_margin = ranking.idealized_margins(ref_margin, torch.full_like(ref_margin, alpha), beta)
         w = mb.weights.double()
         margin_sum += (margin * w).sum()
         for row, sign in zip(totals, eval_preferences(mb).values()):
             counted = w * (sign != 0)
-            row += torch.stack([counted.sum(), (counted * (sign * margin > 0)).sum(),
-                                (counted * (sign * rho_margin > 0)).sum()])
+            row += torch.stack([counted.sum()] + [(counted * (sign * m > 0)).sum()
+                                                  for m in (margin, rho_margin, mean_margin, ideal_margin)])
     packed = seam.all_reduce_sum(torch.cat([totals.flatten(), margin_sum]))
-    totals, margin_sum = packed[:-1].view(len(keys), 3), float(packed[-1])
+    totals, margin_sum = packed[:-1].view(len(keys), 5), float(packed[-1])
     out = {"eval/policy_margin": margin_sum / max(float(totals[0, 0]), 1.0)}
-    for key, (pairs, policy_correct, reward_correct) in zip(keys, totals.tolist()):
+    for key, (pairs, policy_correct, reward_correct, mean_correct, ideal_correct) in zip(keys, totals.tolist()):
         if key and pairs == 0:  # e.g. no row carries the overall label
             continue
         prefix = f"eval/{key}/" if key else "eval/"
-        out |= {f"{prefix}policy_accuracy": policy_correct / max(pairs, 1.0), f"{prefix}pairs": pairs}
+        out |= {f"{prefix}policy_accuracy": policy_correct / max(pairs, 1.0), f"{prefix}pairs": pairs,
+                f"{prefix}policy_accuracy_mean": mean_correct / max(pairs, 1.0)}
         if reference is not None:
             out[f"{prefix}reward_accuracy"] = reward_correct / max(pairs, 1.0)
+            out[f"{prefix}idealized_accuracy"] = ideal_correct / max(pairs, 1.0)
     return out
 
 

@@ -33,6 +33,12 @@ def export_hf(state_dict: Dict[str, torch.Tensor], base_model_path: str, tokeniz
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    replace_dir(tmp, out)
+    return out
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Publish the complete directory `tmp` as `out`; a previous `out` is replaced only now."""
     if out.exists():
         old = out.with_name(out.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -41,4 +47,3 @@ def export_hf(state_dict: Dict[str, torch.Tensor], base_model_path: str, tokeniz
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(out)
-    return out

@@ -79,6 +79,13 @@ CASES = [
            "no valid rows", intact=None),
     _train("train-poft-no-aligned-models", ["objective=poft"], "data.aligned_models"),
     _train("train-udm-not-bco", ["objective=dpo", "data.udm=true"], "data.udm=true needs objective=bco"),
+    _train("train-lora-negative-rank", ["model.lora.r=-4"], "model.lora.r=-4 must be a whole number >= 0"),
+    _train("train-lora-no-target-modules", ["model.lora.r=8", "model.lora.target_modules=[attn_qkv]", "model.path={tiny}"],
+           "model.lora.target_modules=['attn_qkv']: Target modules"),
+    _train("train-lora-adapter-mismatch", ["model.lora.adapter={tmp}/adapter_wide", "model.path={tiny}"],
+           "model.lora.adapter={tmp}/adapter_wide does not match model.path={tiny}"),
+    _train("train-lora-not-an-adapter", ["model.lora.adapter={tmp}/empty_dir", "model.path={tiny}"],
+           "no adapter_config.json"),
     _train("train-dove-joint-stored", ["objective=dove", "objective.joint=true", "data.use_stored_reference=require"],
            "which a store does not hold"),
     _train("train-oversubscribed", ["cluster.num_workers=64"], "64 workers"),
@@ -108,6 +115,22 @@ CASES = [
     Case("store-add-reference-not-a-store", ["store", "add-reference", "{tmp}/nope", "--model", "{tiny}"], "not a store"),
     Case("store-add-reference-bad-model", ["store", "add-reference", "{tmp}/store", "--model", "{tmp}/empty_dir"],
          "--model={tmp}/empty_dir: the directory is empty", intact="{tmp}/store"),
+    # eval / generate: refused before Ray starts, nothing written to --out
+    Case("eval-model-not-a-model", ["eval", "{tmp}/model_noconfig", "--data", "{tmp}/good.jsonl", "--out", "{tmp}/never"],
+         "MODEL={tmp}/model_noconfig: no config.json (not a Hugging Face model directory)"),
+    Case("eval-data-no-usable-rows", ["eval", "{tiny}", "--data", "{tmp}/invalid.jsonl", "--out", "{tmp}/never"],
+         "--data {tmp}/invalid.jsonl: no usable rows"),
+    Case("eval-data-missing", ["eval", "{tiny}", "--data", "{tmp}/nope.jsonl", "--out", "{tmp}/never"],
+         "--data={tmp}/nope.jsonl: no such file or directory"),
+    Case("eval-reference-other-tokenizer", ["eval", "{tiny}", "--data", "{tmp}/good.jsonl", "--reference",
+                                            "{tmp}/model_othertok", "--out", "{tmp}/never"],
+         "--reference={tmp}/model_othertok: its tokenizer differs from the model's"),
+    Case("eval-judge-not-a-reward-model", ["eval", "{tiny}", "--data", "{tmp}/good.jsonl", "--reference", "{tiny}",
+                                           "--judge", "{tiny}", "--out", "{tmp}/never"], "not a reward model export"),
+    Case("generate-model-not-a-model", ["generate", "{tmp}/model_badjson", "--prompts", "{tmp}/good.jsonl", "--out",
+                                        "{tmp}/never/samples.jsonl"], "config.json is not a readable JSON"),
+    Case("generate-no-usable-prompts", ["generate", "{tiny}", "--prompts", "{tmp}/invalid.jsonl", "--out",
+                                        "{tmp}/never/samples.jsonl"], "invalid.jsonl: no usable prompts"),
     # submit / job
     Case("submit-no-address", ["submit", "--", "objective=dpo"], "no cluster address: pass --address"),
     Case("submit-entrypoint-and-overrides", ["submit", "--entrypoint", "true", "--", "objective=dpo"],
@@ -142,7 +165,7 @@ def _fill(text: str, world: Dict[str, str]) -> str:
 
 def _make_inputs(tmp: Path, tiny: str) -> None:
     """The bad (and the few good) inputs the cases point at."""
-    from framework.model.demo import demo_tokenizer_path
+    from framework.model.demo import demo_tokenizer_path, train_demo_tokenizer
     from framework.store import build_store
 
     (tmp / "empty_dir").mkdir()
@@ -176,8 +199,22 @@ def _make_inputs(tmp: Path, tiny: str) -> None:
     (tmp / "model_noweights" / "model.safetensors").unlink()
     for file in (tmp / "model_notok").glob("tokenizer*"):
         file.unlink()
+    _make_mismatched_adapter(tmp)
+    shutil.copytree(tiny, tmp / "model_othertok")  # same weights, another tokenizer: log-probs not comparable
+    train_demo_tokenizer(tmp / "model_othertok", vocab_size=300)
     (tmp / "ckpt_uncommitted").mkdir()
     (tmp / "ckpt_uncommitted" / "rank-0.pt").write_bytes(b"")
+
+
+def _make_mismatched_adapter(tmp: Path) -> None:
+    """A LoRA adapter saved for a wider model than the tiny one the cases train."""
+    from framework.config import LoraConfig
+    from framework.model.demo import build_tiny_llama, demo_tokenizer_path
+    from framework.model.loading import load_causal_lm
+    from framework.model.lora import apply_lora
+
+    wide = build_tiny_llama(tmp / "model_wide", demo_tokenizer_path(), hidden_size=32)
+    apply_lora(load_causal_lm(str(wide)), LoraConfig(r=4)).save_pretrained(tmp / "adapter_wide")
 
 
 def _env(world: Dict[str, str], extra: Dict[str, str]) -> Dict[str, str]:

@@ -133,7 +133,7 @@ def test_evaluate_pairs_without_overall_label_or_objectives(tiny_model_dir):
     assert out["eval/topic/reward_accuracy"] == 0.0  # policy == reference: ρ margins are 0, never > 0
     pairwise = multi.__class__(multi.tokens, {"mask": multi.tokens.valid}, multi.weights)
     assert sorted(evaluate_pairs(OneRank(), policy, None, [pairwise])) == ["eval/pairs", "eval/policy_accuracy",
-                                                                           "eval/policy_margin"]
+                                                                           "eval/policy_accuracy_mean", "eval/policy_margin"]
 
 
 # -- the benchmark end to end ------------------------------------------------------------------------------
