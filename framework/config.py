@@ -34,6 +34,8 @@ class ModelConfig:
     reference_path: Optional[str] = None  # None = same weights as `path` (with LoRA: the adapters switched off)
     dtype: str = "fp32"
     trust_remote_code: bool = False
+    gradient_checkpointing: bool = False  # recompute decoder-layer activations in backward (non-reentrant)
+    tiled_logps_above: int = 1024  # longer training batches (tokens): log-probs without [B,T,V] logits; 0 = never
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
 
     @property
@@ -65,6 +67,7 @@ class DeepSpeedConfig:
     dtype: str = "fp32"  # fp32 | bf16 | fp16 for the DeepSpeed engine
     grad_clip: float = 1.0
     offload_optimizer: bool = False  # ZeRO-Offload to CPU (DeepSpeed CPU Adam: JIT-builds on first use)
+    offload_params: bool = False  # ZeRO-3 only: parameter partitions live in CPU memory between uses
     cpu_shm_comm: bool = False  # DeepSpeed's CPU shared-memory allreduce (JIT-builds ~50 s on first use)
 
 
@@ -101,6 +104,7 @@ class TrainConfig:
     length_grouping: bool = True
     export: bool = True
     checkpoint_on_interrupt: bool = True  # SIGINT/SIGTERM: finish the current step, checkpoint, then stop
+    sequence_parallel: int = 1  # Ulysses: workers sharing each sequence; must divide cluster.num_workers
 
 
 @dataclasses.dataclass
@@ -138,7 +142,7 @@ ALLOWED: Dict[str, Tuple[Any, ...]] = {
 NESTED: Dict[str, type] = {"model.lora": LoraConfig}
 POSITIVE = ("cluster.num_workers", "train.max_steps", "train.micro_batch_size", "train.grad_accum",
             "data.max_length", "data.max_prompt_length", "train.lr", "cluster.cpus_per_worker",
-            "cluster.placement_timeout_s")
+            "cluster.placement_timeout_s", "train.sequence_parallel")
 
 
 def _build(cls: Type[T], values: Mapping[str, Any], prefix: str) -> T:
@@ -222,6 +226,7 @@ def from_dict(raw: Mapping[str, Any]) -> RunConfig:
         raise ConfigError("data.max_prompt_length must be smaller than data.max_length")
     if config.deepspeed.zero_stage == 0 and config.deepspeed.offload_optimizer:
         raise ConfigError("deepspeed.offload_optimizer needs deepspeed.zero_stage >= 1")
+    _check_memory_options(config)
     if config.data.udm and config.objective_name != "bco":
         raise ConfigError(f"data.udm=true needs objective=bco (UDM weights only weight BCO's undesirable examples), "
                           f"not objective={config.objective_name}")
@@ -235,6 +240,23 @@ def from_dict(raw: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(f"objective={config.objective_name} needs train.micro_batch_size >= 2 (its mismatched "
                           "completions come from the other examples of the micro-batch)")
     return config
+
+
+def _check_memory_options(config: RunConfig) -> None:
+    """Offload, tiling and sequence-parallel settings that cannot work, in one line before anything is built."""
+    if config.deepspeed.offload_params and config.deepspeed.zero_stage != 3:
+        raise ConfigError(f"deepspeed.offload_params needs deepspeed.zero_stage=3 (got {config.deepspeed.zero_stage}): "
+                          "only ZeRO-3 partitions the parameters", "set deepspeed.zero_stage=3")
+    tile = config.model.tiled_logps_above
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 0:
+        raise ConfigError(f"model.tiled_logps_above={tile} must be a whole number >= 0 (0 = never tile)")
+    sp, workers = config.train.sequence_parallel, config.cluster.num_workers
+    if not isinstance(sp, int) or workers % sp:
+        raise ConfigError(f"train.sequence_parallel={sp} must divide cluster.num_workers={workers} "
+                          "(workers = data-parallel × sequence-parallel)")
+    if sp > 1 and "rewards" in objective_class_requires(config.objective_name):
+        raise ConfigError(f"train.sequence_parallel={sp} does not support objective={config.objective_name} "
+                          "(a reward model's scalar head reads one position)", "set train.sequence_parallel=1")
 
 
 def objective_class_requires(name: str) -> tuple:

@@ -127,6 +127,18 @@ def check_inputs(cfg: RunConfig) -> None:
     _check_aligned_models(cfg)
     _check_orchestrator(cfg)
     _check_lora(cfg)
+    _check_memory_options(cfg)
+
+
+def _check_memory_options(cfg: RunConfig) -> None:
+    """Gradient checkpointing or a sequence-parallel degree the architecture cannot do: one line before Ray."""
+    if not cfg.model.gradient_checkpointing and cfg.train.sequence_parallel == 1:
+        return
+    from framework.model.demo import demo_model_path
+    from framework.model.loading import check_memory_options
+
+    check_memory_options(cfg.model.path or demo_model_path(), cfg.model.gradient_checkpointing,
+                         cfg.train.sequence_parallel, cfg.model.trust_remote_code)
 
 
 def _check_lora(cfg: RunConfig) -> None:

@@ -121,6 +121,20 @@ def pairs_from_lists(lists: Iterator[dict], seed: int, all_pairs: bool = False) 
             yield {"prompt": row["prompt"], "chosen": row["responses"][a], "rejected": row["responses"][b]}
 
 
+def user_pairs(n: int, seed: int, users_per_group: int = 4, first_user: int = 0) -> Iterator[dict]:
+    """Pairs labelled by simulated users whose groups disagree (PAL's demo): the responses of `multi` rows, and
+    users "topic-<i>" choose the more on-topic one, users "brief-<i>" the shorter one (the two differ on about
+    80% of rows). User i ranges over first_user .. first_user + users_per_group − 1 in each group."""
+    rng = random.Random(seed + 7919)
+    for row in multi(n, seed, brief_rate=0.0):
+        group = rng.choice(("topic", "brief"))
+        user = f"{group}-{first_user + rng.randrange(users_per_group)}"
+        (on_a, len_a), (on_b, len_b) = ((on, -neg) for on, neg in row["objective_scores"])
+        a_first = (on_a, -len_a) > (on_b, -len_b) if group == "topic" else (-len_a, on_a) > (-len_b, on_b)
+        chosen, rejected = (row["chosen"], row["rejected"]) if a_first else (row["rejected"], row["chosen"])
+        yield {"prompt": row["prompt"], "chosen": chosen, "rejected": rejected, "user_id": user}
+
+
 SHAPES = {"pairwise": pairs, "ranked": ranked, "binary": binary, "multi": multi}
 
 

@@ -21,6 +21,10 @@ def train(cfg: RunConfig) -> Dict[str, Any]:
     from framework.data_prep import check_inputs, prepare
 
     check_inputs(cfg)  # paths, data and models the user named: a typo fails in a second, with one line
+    if cfg.objective_name == "pal_reward":  # a head on frozen embeddings, no Ray Train fit: framework/cluster/pal.py
+        from framework.cluster.pal import train_from_config
+
+        return train_from_config(cfg)
     feasibility.check_embedded(cfg)  # before data prep and Ray: an impossible run is refused at once
     started = time.perf_counter()
     output = Path(cfg.output_dir).resolve()
@@ -134,6 +138,10 @@ def format_summary(summary: Dict[str, Any]) -> str:
     def pct(v: Any) -> str:
         return "n/a" if v is None else f"{100 * v:.1f}%"
 
+    if summary.get("objective") == "pal_reward":
+        from framework.cluster.pal import format_summary as format_pal
+
+        return format_pal(summary)
     lines = ["", "alignray run summary"]
     if summary["eval_accuracy_end"] is None:
         lines.append("  held-out preference accuracy: not measured (no held-out pairs; set data.eval=PATH)")

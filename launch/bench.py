@@ -15,7 +15,12 @@ from framework.errors import UserError
 
 SCENARIOS = {
     "pareto": ("benchmarks.pareto", "Pareto fronts of weighted-sum/MODPO/RACO/PRO, held-out accuracy per objective"),
+    "spa": ("benchmarks.spa", "SPA self-annotated rounds: held-out accuracy per round vs DPO on the seed alone"),
+    "rps": ("benchmarks.rps", "RPS selection over nearby directions vs sampling at the requested direction only"),
     "lora": ("benchmarks.lora", "LoRA vs full fine-tuning: trainable params, memory per rank, tokens/s at ZeRO-2/3"),
+    "isa": ("benchmarks.isa", "ISA 10% vs random 10% vs 100% of the demo pairs: held-out accuracy per training token"),
+    "pal": ("benchmarks.pal", "PAL-A/PAL-B vs one BT model: per-user accuracy on simulated disagreeing user groups"),
+    "memory": ("benchmarks.memory", "DPO memory per rank vs length: TRL (checkpointing) vs alignray's memory options"),
 }
 
 

@@ -24,6 +24,9 @@ COMMANDS = {
     "job": ("launch.jobs", "status | logs | stop | list of submitted jobs"),
     "eval": ("launch.eval", "ranking / implicit-reward / idealized accuracy, win rates and a report for a model"),
     "generate": ("launch.generate", "sample K continuations per prompt on Ray workers (seeded per row) to JSONL"),
+    "spa": ("launch.spa", "SPA: R rounds of self-labelled preference pairs (implicit reward) + noise-aware loss"),
+    "select": ("launch.select", "RPS: best-of-N over nearby weight directions, scored by per-objective rewards"),
+    "pal": ("launch.pal", "PAL: fit a new user's weights few-shot into an objective=pal_reward export"),
     "bench": ("launch.bench", "benchmarks from benchmarks/: alignray bench pareto ... (alignray bench --help)"),
 }
 USER_ERROR_EXIT = 2

@@ -18,7 +18,7 @@ from framework.store.errors import StoreError
 # Model passes run on Ray workers; their entrypoint lives with the other Ray-facing commands.
 DELEGATED = {"add-reference": "launch.store_passes", "add-samples": "launch.store_passes",
              "add-aligned-logps": "launch.store_passes", "add-udm-weights": "launch.store_passes",
-             "add-scores": "launch.store_passes"}
+             "add-scores": "launch.store_passes", "subsample": "launch.subsample"}
 
 
 def _column_map(pairs: List[str]) -> Dict[str, str]:

@@ -271,7 +271,10 @@ def check_judge(path: str) -> None:
     from transformers import AutoConfig
 
     from framework.model.loading import check_model_source
+    from framework.model.pal import is_user_judge
 
+    if is_user_judge(path):  # <pal export>/users/<user_id>: that user's PAL reward
+        return
     check_model_source(path, "--judge")
     config = AutoConfig.from_pretrained(path)
     architectures = ", ".join(config.architectures or []) or "no architecture"

@@ -6,6 +6,7 @@
 - `add_aligned_logps`: per-token mean log-probs of each response under M aligned LMs (`aligned_logps`, [K][M]),
   each with its own tokenizer, for PoFT;
 - `add_udm_weights`: BCO's density-ratio weights w(x) per row (`udm_weights`) from a prompt classifier;
+- `row_embeddings`: mean-pooled hidden states per row (prompt + each response), for ISA subsampling;
 - `add_scores`: a `bt_reward` export's score of every response as one more objective of multi rows (pairwise
   rows become multi rows ["preference", NAME]), e.g. MODPO's margin rewards.
 
@@ -192,31 +193,53 @@ def _prompt_embedder(model_path: str, max_prompt_length: int, batch_size: int) -
     """Load the model once; return embed(store, rows) -> [len(rows), D] float32: the mean of the model's last
     hidden states over each prompt's tokens (tokenised by the embedding model's own tokenizer, its last
     `max_prompt_length` tokens; identical prompts are embedded once)."""
-    import torch
+    from framework.model.embedding import mean_pooler
 
-    from framework.model.loading import load_causal_lm, load_tokenizer
-
-    torch.set_num_threads(1)
-    tokenizer = load_tokenizer(model_path)
-    encoder = load_causal_lm(model_path).eval().base_model  # the decoder without the LM head
+    tokenizer, pool = mean_pooler(model_path, batch_size)
 
     def embed(store: Any, rows: Sequence[int]) -> Any:
         keys = [(r["prompt"], r["prompt_is_chat"]) for r in store.take(list(rows), columns=["prompt", "prompt_is_chat"]).to_pylist()]
         unique = list(dict.fromkeys(keys))
-        pooled = []
-        for first in range(0, len(unique), batch_size):
-            ids = [_encode_prompt(tokenizer, p, chat)[-max_prompt_length:] for p, chat in unique[first : first + batch_size]]
-            width = max(len(i) for i in ids)
-            input_ids = torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i in ids])
-            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])
-            with torch.no_grad():
-                hidden = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
-            weights = mask.unsqueeze(-1).float()
-            pooled.append((hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0))
+        pooled = pool([_encode_prompt(tokenizer, p, chat)[-max_prompt_length:] for p, chat in unique])
         index = {key: i for i, key in enumerate(unique)}
-        return torch.cat(pooled)[[index[key] for key in keys]]
+        return pooled[[index[key] for key in keys]]
 
     return embed
+
+
+def _row_embedding_part(store_path: str, start: int, end: int, *, model_path: str, max_length: int,
+                        batch_size: int) -> List[Any]:
+    """Per row in [start, end): [mean_k e_k, e_first − e_last], e_k = mean-pooled hidden states of prompt +
+    response k (the model's own tokenizer, cut to its last `max_length` tokens). Used by ISA subsampling."""
+    import torch
+
+    from framework.store import open_store
+
+    from framework.model.embedding import mean_pooler
+
+    tokenizer, pool = mean_pooler(model_path, batch_size)
+    rows = open_store(store_path).take(list(range(start, end)), columns=["prompt", "prompt_is_chat", "responses"]).to_pylist()
+    out: List[Any] = []
+    for first in range(0, len(rows), 256):  # a chunk at a time: memory does not grow with the range
+        chunk = rows[first : first + 256]
+        texts = [(_encode_prompt(tokenizer, r["prompt"], r["prompt_is_chat"]), r["responses"]) for r in chunk]
+        flat = [(prompt + tokenizer(t, add_special_tokens=False)["input_ids"])[-max_length:] for prompt, rs in texts for t in rs]
+        pooled, cursor = pool(flat), 0
+        for _, responses in texts:
+            e = pooled[cursor : cursor + len(responses)]
+            cursor += len(responses)
+            out.append(torch.cat([e.mean(0), e[0] - e[-1]]).numpy())
+    return out
+
+
+def row_embeddings(store_path: str, model_path: str, *, max_length: int = 128, batch_size: int = 32,
+                   num_workers: int = 2) -> Any:
+    """[N, 2D] float32 row embeddings of a store version (see `_row_embedding_part`), in row order."""
+    import numpy as np
+
+    rows = _map_rows(store_path, _row_embedding_part, dict(model_path=model_path, max_length=max_length,
+                     batch_size=batch_size), num_workers)
+    return np.stack(rows)
 
 
 def _udm_sample_part(store_path: str, start: int, end: int, *, sample: Sequence[int], **embedding: Any) -> List[Any]:

@@ -50,7 +50,7 @@ def train_worker(payload: Dict[str, Any]) -> None:
     from framework.engine.loop import TrainLoop
     from framework.engine.seam import DeepSpeedSeam, pick_device
     from framework.engine.step import StepRunner
-    from framework.model.loading import load_causal_lm, load_reward_model, load_tokenizer
+    from framework.model.loading import enable_gradient_checkpointing, load_causal_lm, load_reward_model, load_tokenizer
     from framework.model.lora import AdaptersDisabled, apply_lora, lora_summary
     from framework.objectives import build_objective
     from framework.store import EpochSampler, open_store
@@ -67,9 +67,11 @@ def train_worker(payload: Dict[str, Any]) -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     seam = DeepSpeedSeam(cfg.deepspeed, cfg.train, device, payload["backend"])
     seam.init_distributed()
+    data_rank, data_world = _sequence_parallel(cfg, paths["model_path"], rank, world)
 
     objective = build_objective(cfg.objective_name, **cfg.objective_hparams)
     objective.sync_sum = lambda t: seam.all_reduce_sum(t.detach())
+    objective.sync_gather = lambda t: _gather(seam, t)
     store = open_store(paths["train_store"])
     stored_reference = _use_stored_reference(cfg, store, paths, objective)
     tokenizer = load_tokenizer(paths["tokenizer_path"])
@@ -85,6 +87,8 @@ def train_worker(payload: Dict[str, Any]) -> None:
             policy = load_causal_lm(paths["model_path"], cfg.model.dtype, cfg.model.trust_remote_code)
         if cfg.model.uses_lora:
             policy = apply_lora(policy, cfg.model.lora, reward)
+        if cfg.model.gradient_checkpointing:
+            enable_gradient_checkpointing(policy)
         separate = live_reference and not base_is_reference
         reference = load_causal_lm(paths["reference_path"], cfg.model.dtype) if separate else None
     parameters = lora_summary(policy)
@@ -97,19 +101,23 @@ def train_worker(payload: Dict[str, Any]) -> None:
     if rank == 0:
         info = {"reference": mode, "reference_from": _reference_source(mode, base_is_reference, paths),
                 "world_size": world, "zero_stage": cfg.deepspeed.zero_stage, "objective": cfg.objective_name,
+                "gradient_checkpointing": cfg.model.gradient_checkpointing,
+                "offload_params": cfg.deepspeed.offload_params, "offload_optimizer": cfg.deepspeed.offload_optimizer,
+                "sequence_parallel": cfg.train.sequence_parallel,
                 "device": str(device), "backend": payload["backend"], **parameters}
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.output_dir) / "run_info.json").write_text(json.dumps(info, indent=2))
 
     sampler = EpochSampler(
-        store.num_rows, rank=rank, world_size=world, batch_size=cfg.train.micro_batch_size, seed=cfg.train.seed,
+        store.num_rows, rank=data_rank, world_size=data_world, batch_size=cfg.train.micro_batch_size,
+        seed=cfg.train.seed,
         lengths=store.token_lengths() if cfg.train.length_grouping else None,
     )
     builder = BatchBuilder(tokenizer.pad_token_id, cfg.data.max_length, cfg.data.max_prompt_length,
                            objective.feedback, stored_reference, objective.requires, use_udm_weights=cfg.data.udm)
-    eval_batches = _eval_batches(paths.get("eval_store"), rank, world, cfg, tokenizer.pad_token_id, objective)
+    eval_batches = _eval_batches(paths.get("eval_store"), data_rank, data_world, cfg, tokenizer.pad_token_id, objective)
     runner = StepRunner(seam, engine, reference, objective, tokenizer.pad_token_id, cfg.data.max_length,
-                        cfg.data.max_prompt_length)
+                        cfg.data.max_prompt_length, tile_above=cfg.model.tiled_logps_above)
     reporter = RayReporter(cfg.output_dir, rank, world, cfg.train.report_every, seam.barrier, payload.get("resume_from"))
     try:
         TrainLoop(runner, builder, store, sampler, cfg.train, reporter, eval_batches).run()
@@ -117,6 +125,20 @@ def train_worker(payload: Dict[str, Any]) -> None:
         _write_memory(cfg.output_dir, rank, seam, reference)
     finally:
         reporter.close()
+
+
+def _sequence_parallel(cfg: Any, model_path: str, rank: int, world: int) -> tuple:
+    """With train.sequence_parallel=N, route attention through Ulysses; returns the (rank, world size) the data
+    sampler uses: the N ranks sharing each sequence read the same examples."""
+    if cfg.train.sequence_parallel == 1:
+        return rank, world
+    from transformers import AutoConfig
+
+    from framework.engine.sequence_parallel import data_parallel_rank, install
+
+    install(AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code),
+            cfg.train.sequence_parallel)
+    return data_parallel_rank(rank, world, cfg.train.sequence_parallel)
 
 
 def _reference_source(mode: str, base_is_reference: bool, paths: Dict[str, Any]) -> str:
@@ -184,3 +206,10 @@ def _write_probe(output_dir: str, rank: int, runner: Any, eval_batches: List[Any
     probe_dir = Path(output_dir) / "probe"
     probe_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"row_ids": batch.row_ids, "logps": logps, "weights": batch.weights}, probe_dir / f"rank{rank}.pt")
+
+
+def _gather(seam: Any, tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's `tensor` (same shape on all ranks) concatenated in rank order along dim 0, by one sum."""
+    slots = torch.zeros((seam.world_size, *tensor.shape), dtype=tensor.dtype, device=seam.device)
+    slots[seam.rank] = tensor.detach().to(seam.device)
+    return seam.all_reduce_sum(slots).flatten(0, 1).cpu()

@@ -94,6 +94,7 @@ class TrainLoop:
         while self.step < self.train.max_steps:
             group, info = next(batches)
             started = time.perf_counter()
+            self.runner.objective.set_step(self.step, self.train.max_steps)
             metrics = self.runner.train_step(group)
             self._check_finite(metrics)
             self.step += 1

@@ -34,6 +34,8 @@ def deepspeed_config(ds: DeepSpeedConfig, train: TrainConfig, world_size: int, w
         config["zero_optimization"].update({"stage3_gather_16bit_weights_on_model_save": True})
     if ds.offload_optimizer and with_optimizer:
         config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
+    if ds.offload_params and ds.zero_stage == 3:
+        config["zero_optimization"]["offload_param"] = {"device": "cpu"}
     if ds.dtype == "bf16":
         config["bf16"] = {"enabled": True}
     elif ds.dtype == "fp16":

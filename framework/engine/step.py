@@ -7,21 +7,25 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from framework.engine import ranking
+from framework.engine import ranking, sequence_parallel
 from framework.engine.batches import MicroBatch
 from framework.engine.multi import combined_loss
 from framework.model.batching import TokenBatch, collate
-from framework.model.logprobs import sequence_logps, sequence_rewards
+from framework.model.logprobs import DEFAULT_TILE_ABOVE, sequence_logps, sequence_rewards
 from framework.objectives import Objective, SequenceStats
 from framework.objectives._multi import GradientCombinedObjective, objective_names
 from framework.objectives.base import ratio
 
 
-def stats(model: Any, tokens: TokenBatch, with_prompt: bool = False, reward: bool = False) -> SequenceStats:
+def stats(model: Any, tokens: TokenBatch, with_prompt: bool = False, reward: bool = False,
+          tile_above: int = DEFAULT_TILE_ABOVE) -> SequenceStats:
     """Policy/reference statistics; for a reward model (scalar head) the per-sequence `rewards` instead."""
     if reward:
         return SequenceStats(**sequence_rewards(model, tokens))
-    return SequenceStats(**sequence_logps(model, tokens, with_prompt=with_prompt))
+    sp = sequence_parallel.active()
+    if sp is not None:  # every forward of the process goes through Ulysses once it is installed
+        return SequenceStats(**sequence_parallel.sequence_logps(model, tokens, sp, with_prompt, tile_above))
+    return SequenceStats(**sequence_logps(model, tokens, with_prompt=with_prompt, tile_above=tile_above))
 
 
 def response_lengths(tokens: TokenBatch) -> torch.Tensor:
@@ -49,8 +53,9 @@ class StepRunner:
     """Runs the forwards and the objective for micro-batches; the seam does the distributed parts."""
 
     def __init__(self, seam: Any, policy: Any, reference: Optional[Any], objective: Objective, pad_id: int,
-                 max_length: int, max_prompt_length: int) -> None:
+                 max_length: int, max_prompt_length: int, tile_above: int = DEFAULT_TILE_ABOVE) -> None:
         self.seam, self.policy, self.reference, self.objective = seam, policy, reference, objective
+        self.tile_above = tile_above  # longer batches: log-probs without [B, T, V] logits (model.tiled_logps_above)
         self.pad_id, self.max_length, self.max_prompt_length = pad_id, max_length, max_prompt_length
         self.with_prompt = "prompt_logps" in objective.requires
         self.reward_model = "rewards" in objective.requires
@@ -69,7 +74,7 @@ class StepRunner:
 
     def objective_output(self, batch: MicroBatch, inputs: Dict[str, Any]) -> Any:
         tokens = batch.tokens.to(self.seam.device)
-        policy_stats = stats(self.policy, tokens, self.with_prompt, self.reward_model)
+        policy_stats = stats(self.policy, tokens, self.with_prompt, self.reward_model, self.tile_above)
         reference_stats = self.reference_stats(batch, tokens)
         return self.objective.loss(policy_stats, reference_stats, inputs), policy_stats
 
@@ -79,7 +84,7 @@ class StepRunner:
         if batch.stored_reference is not None:
             return SequenceStats(**{k: v.to(self.seam.device) for k, v in batch.stored_reference.items()})
         with torch.no_grad():
-            return stats(self.reference, tokens, self.with_prompt)
+            return stats(self.reference, tokens, self.with_prompt, tile_above=self.tile_above)
 
     def train_step(self, micro_batches: Sequence[MicroBatch]) -> Dict[str, float]:
         """Loss normalised by the global number of real examples across ranks and micro-batches, so 2 ranks ×
@@ -114,7 +119,8 @@ class StepRunner:
                                                 objective_names(batch, out.components.shape[1]))
                     out.metrics.update(extra)
                 accumulate_metrics(sums, out, weights.detach().double().cpu())
-                sums["tokens"] += torch.tensor([float(mb.tokens.num_tokens), 1.0], dtype=torch.float64)
+                sp = sequence_parallel.active()  # the ranks of an SP group hold the same tokens: count them once
+                sums["tokens"] += torch.tensor([mb.tokens.num_tokens / (sp.size if sp else 1), 1.0], dtype=torch.float64)
             self.seam.backward(loss)
             self.seam.step()
         if nonfinite:  # like the early return: a step that changed nothing reports no loss

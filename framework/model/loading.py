@@ -141,6 +141,39 @@ def load_causal_lm(path: str, dtype: str = "fp32", trust_remote_code: bool = Fal
     return model
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder layer's activations in backward instead of keeping them. Non-reentrant: the
+    recompute calls the layer's submodules again, so ZeRO-3's hooks re-gather their weights. transformers also
+    makes the embedding output require grad (what peft needs when LoRA freezes the embeddings)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise UserError(f"model.gradient_checkpointing=true, but {type(base).__name__} does not support it",
+                        "set model.gradient_checkpointing=false")
+    base.activation_checkpointing_enable({"use_reentrant": False})
+
+
+def check_memory_options(path: str, gradient_checkpointing: bool, sequence_parallel: int,
+                         trust_remote_code: bool = False) -> None:
+    """Before Ray starts, from `path`'s config alone: the architecture supports gradient checkpointing, and
+    Ulysses can split its attention heads (query and key/value heads) evenly over `sequence_parallel` ranks."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with _loading("model config", path):
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    if gradient_checkpointing and model_class is not None and not model_class.supports_gradient_checkpointing:
+        raise UserError(f"model.gradient_checkpointing=true, but {model_class.__name__} ({path}) does not support it",
+                        "set model.gradient_checkpointing=false")
+    heads = getattr(config, "num_attention_heads", None)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    # Ulysses gives each rank heads/N query heads; key/value heads are split too, or replicated when fewer.
+    if sequence_parallel > 1 and (heads is None or heads % sequence_parallel or
+                                  (kv_heads % sequence_parallel and sequence_parallel % kv_heads)):
+        raise UserError(f"train.sequence_parallel={sequence_parallel} must divide the model's attention heads "
+                        f"(num_attention_heads={heads}; num_key_value_heads={kv_heads} must divide it or be "
+                        "divisible by it)", "pick a sequence_parallel degree that divides the attention heads")
+
+
 def model_fingerprint(path: str) -> Optional[str]:
     """sha256 over the weight files and tokenizer of a local model dir (None for a hub id)."""
     import hashlib

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Any, Dict, Optional
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from framework.model.batching import TokenBatch
+
+# Sequences longer than this (tokens) get tiled log-probs by default: see `tiled_token_logps`.
+DEFAULT_TILE_ABOVE = 1024
+# Positions per tile: one tile's logits are TILE_POSITIONS × vocab floats (128 MiB for a 32k vocabulary in fp32).
+TILE_POSITIONS = 1024
 
 
 def token_logps(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 8) -> torch.Tensor:
@@ -20,11 +26,62 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 8)
     return out
 
 
-def sequence_logps(model: torch.nn.Module, batch: TokenBatch, with_prompt: bool = False) -> Dict[str, torch.Tensor]:
+def _label_logps(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return token_logps(head(hidden).unsqueeze(0), labels.unsqueeze(0))[0]
+
+
+def tiled_token_logps(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
+                      tile: int = TILE_POSITIONS) -> torch.Tensor:
+    """`token_logps(head(hidden), labels)` for hidden [B, T, H] without ever holding [B, T, V] logits, forward or
+    backward: each tile of positions goes hidden → logits → log-prob under a non-reentrant checkpoint, so only
+    its inputs are kept and backward recomputes one tile's logits at a time. `head` is called as a module, so
+    ZeRO-3 gathers its weight for each tile (and for each recompute) as it does for the plain forward."""
+    flat_hidden, flat_labels = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+    tiles = [checkpoint(_label_logps, head, flat_hidden[start:start + tile], flat_labels[start:start + tile],
+                        use_reentrant=False)
+             for start in range(0, flat_labels.numel(), tile)]
+    return torch.cat(tiles).view(labels.shape)
+
+
+def _tiling_head(model: Any) -> Optional[torch.nn.Module]:
+    """The LM head when logits are exactly head(last hidden state), else None (the plain path is then used):
+    models with soft-capped or scaled logits (Gemma 2, Cohere) post-process them."""
+    inner = getattr(model, "engine", model)  # LoRA's adapters-off reference view
+    inner = getattr(inner, "module", inner)  # DeepSpeed engine
+    config = getattr(inner, "config", None)
+    if config is None or getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
+    get_head = getattr(inner, "get_output_embeddings", None)
+    return get_head() if get_head is not None else None
+
+
+def label_logps(model: Any, inputs: Dict[str, Optional[torch.Tensor]], labels: torch.Tensor,
+                tile_above: int = DEFAULT_TILE_ABOVE, tile_length: Optional[int] = None) -> torch.Tensor:
+    """[N, T] log-prob of `labels` at each position of the forward of `inputs` (input_ids and optionally
+    attention_mask / position_ids, [N, T]); tiled when `tile_length` (default T) exceeds `tile_above` (0 = never)."""
+    length = tile_length or labels.shape[1]
+    head = _tiling_head(model) if 0 < tile_above < length else None
+    if head is None:
+        return token_logps(model(**inputs, use_cache=False).logits, labels)
+    # logits_to_keep=1: the model's own head runs on one position only; the last hidden state (after the final
+    # norm) comes back as hidden_states[-1], through the same wrappers (DeepSpeed engine, peft) as the plain path.
+    out = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+    return tiled_token_logps(head, out.hidden_states[-1], labels)
+
+
+def _per_token_logps(model: Any, batch: TokenBatch, tile_above: int) -> torch.Tensor:
+    """[B*K, T-1] log-prob of each next token (the last position predicts nothing: its label is a dummy 0)."""
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    labels = torch.nn.functional.pad(batch.input_ids[:, 1:], (0, 1))
+    return label_logps(model, inputs, labels, tile_above)[:, :-1]
+
+
+def sequence_logps(model: torch.nn.Module, batch: TokenBatch, with_prompt: bool = False,
+                   tile_above: int = DEFAULT_TILE_ABOVE) -> Dict[str, torch.Tensor]:
     """Forward the whole batch once; return [B, K] tensors `logps` (sum over response tokens), `lengths`,
-    and with `with_prompt` also `prompt_logps`/`prompt_lengths` (the first prompt token has no prediction)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    per_token = token_logps(logits[:, :-1], batch.input_ids[:, 1:])
+    and with `with_prompt` also `prompt_logps`/`prompt_lengths` (the first prompt token has no prediction).
+    Batches longer than `tile_above` tokens never materialise the [B, T, V] logits (`tiled_token_logps`)."""
+    per_token = _per_token_logps(model, batch, tile_above)
     shape = (batch.num_examples, batch.num_responses)
 
     def reduce(mask: torch.Tensor) -> tuple:

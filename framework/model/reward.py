@@ -14,7 +14,10 @@ def score(model_dir: str, prompts: Sequence[str], responses: Sequence[str], batc
     from framework.model.batching import collate
     from framework.model.loading import load_tokenizer
     from framework.model.logprobs import sequence_rewards
+    from framework.model.pal import is_user_judge, score_user
 
+    if is_user_judge(model_dir):  # one user of a PAL export (objective=pal_reward)
+        return score_user(model_dir, prompts, responses)
     tokenizer = load_tokenizer(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     out: List[float] = []

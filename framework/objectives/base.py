@@ -105,6 +105,8 @@ class Objective:
     def __init__(self) -> None:
         # The trainer replaces this with an element-wise sum over all ranks (one all-reduce per call).
         self.sync_sum: Callable[[Tensor], Tensor] = _identity_sum
+        # ... and this with a concatenation over ranks, in rank order, along dim 0 (SPA's margin buffer).
+        self.sync_gather: Callable[[Tensor], Tensor] = _identity_sum
         # Stateful objectives (BCO) update their running statistics only while training.
         self.training = True
 
@@ -112,6 +114,11 @@ class Objective:
         """Switch running-state updates on (training) or off (evaluation), like `nn.Module.train`."""
         self.training = bool(mode)
         return self
+
+    def set_step(self, step: int, total_steps: int) -> None:
+        """Called by the trainer before each optimizer step (0-based) of `total_steps`; objectives with a
+        schedule over the run (SPA's α) override it."""
+        del step, total_steps
 
     def live_reference_inputs(self) -> List[str]:
         """The inputs of `requires` that stored reference log-probs cannot supply (empty: a store may serve)."""

@@ -222,6 +222,18 @@ def _objectives(row: Mapping[str, Any], k: int) -> Tuple[List[str], List[List[fl
     return names, scores
 
 
+def _user_id(row: Mapping[str, Any]) -> Optional[str]:
+    """The annotator's id as text (integer ids too), None when absent or null; other values are rejected."""
+    value = row.get("user_id")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise Invalid("user_id", "not_text", type(value).__name__)
+    if isinstance(value, str) and not value.strip():
+        raise Invalid("user_id", "empty")
+    return str(value)
+
+
 def _serialise(prompt: Union[str, Messages]) -> str:
     return prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
 
@@ -249,6 +261,7 @@ def _example(row: Mapping[str, Any], kind: str) -> Dict[str, Any]:
         "scores": None, "label": None, "objective_names": None, "objective_scores": None,
         "response_prompts": None if prompts is None else [_serialise(p) for p in prompts],
         "response_prompt_messages": None if prompts is None else [p if not isinstance(p, str) else None for p in prompts],
+        "user_id": _user_id(row),
     }
     if prompts is not None and any(is_chat(p) != example["prompt_is_chat"] for p in prompts):
         raise Invalid("response_prompts", "mixed_chat_and_text")
@@ -268,7 +281,10 @@ def row_id(example: Mapping[str, Any]) -> str:
     """Content hash: the same example always gets the same id, whatever file or line it came from."""
     keys = ("kind", "prompt", "prompt_is_chat", "responses", "scores", "label", "objective_names",
             "objective_scores", "response_prompts")
-    canonical = json.dumps([example[k] for k in keys], ensure_ascii=False, sort_keys=True)
+    values = [example[k] for k in keys]
+    if example.get("user_id") is not None:  # two users' labels of one pair are two examples; ids without users unchanged
+        values.append(example["user_id"])
+    canonical = json.dumps(values, ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
 

@@ -29,6 +29,7 @@ STORE_SCHEMA = pa.schema(
         pa.field("response_ids", pa.list_(_IDS), nullable=False),
         pa.field("response_prompt_ids", pa.list_(_IDS)),
         pa.field("truncated", pa.bool_(), nullable=False),
+        pa.field("user_id", pa.string()),  # who gave the annotation (PAL); null when the source has none
     ]
 )
 

@@ -72,6 +72,15 @@ CASES = [
                                          "model.path={tiny}"],
            "objective.weights has 3 entries but the data has 2 objectives (topic, brevity)", intact=None),
     _train("train-exact-gram-accumulation", ["objective=raco", "train.grad_accum=2"], "objective.gram=params"),
+    # train: memory options (issue 14)
+    _train("train-offload-params-zero2", ["deepspeed.offload_params=true"], "deepspeed.offload_params needs deepspeed.zero_stage=3"),
+    _train("train-tiled-negative", ["model.tiled_logps_above=-1"], "model.tiled_logps_above=-1 must be a whole number >= 0"),
+    _train("train-sp-workers", ["train.sequence_parallel=3"], "train.sequence_parallel=3 must divide cluster.num_workers=2"),
+    _train("train-sp-heads", ["cluster.num_workers=3", "train.sequence_parallel=3", "model.path={tiny}"],
+           "train.sequence_parallel=3 must divide the model's attention heads (num_attention_heads=4"),
+    _train("train-sp-reward-model", ["objective=bt_reward", "train.sequence_parallel=2"], "does not support objective=bt_reward"),
+    _train("train-checkpointing-unsupported", ["model.gradient_checkpointing=true", "model.path={tmp}/model_nockpt"],
+           "model.gradient_checkpointing=true, but OpenAIGPTLMHeadModel"),
     _train("train-pro-adapter-missing", ["objective=pro", "objective.adapter={tmp}/empty_dir"],
            "objective.adapter={tmp}/empty_dir: not an orchestrator adapter"),
     _train("train-pro-bad-temperature", ["objective=pro", "objective.temperature=0"], "pro: temperature must be > 0"),
@@ -165,6 +174,8 @@ def _fill(text: str, world: Dict[str, str]) -> str:
 
 def _make_inputs(tmp: Path, tiny: str) -> None:
     """The bad (and the few good) inputs the cases point at."""
+    from transformers import OpenAIGPTConfig
+
     from framework.model.demo import demo_tokenizer_path, train_demo_tokenizer
     from framework.store import build_store
 
@@ -202,6 +213,8 @@ def _make_inputs(tmp: Path, tiny: str) -> None:
     _make_mismatched_adapter(tmp)
     shutil.copytree(tiny, tmp / "model_othertok")  # same weights, another tokenizer: log-probs not comparable
     train_demo_tokenizer(tmp / "model_othertok", vocab_size=300)
+    shutil.copytree(tiny, tmp / "model_nockpt")  # an architecture without gradient checkpointing (GPT-1)
+    OpenAIGPTConfig(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp / "model_nockpt")
     (tmp / "ckpt_uncommitted").mkdir()
     (tmp / "ckpt_uncommitted" / "rank-0.pt").write_bytes(b"")
 

@@ -67,8 +67,15 @@ def test_checkpoints_hold_the_adapter_not_the_base(lora_run, tiny_model_dir):
     assert state and all("lora_" in name for name in state), sorted(state)[:3]
 
 
-def test_resume_from_an_adapter_checkpoint_is_exact(lora_run, tiny_model_dir, tmp_path):
-    resumed = _run(tmp_path / "resumed", tiny_model_dir, [f"resume={_checkpoint(lora_run, 4)}"])
+def test_resume_auto_from_an_adapter_checkpoint_is_exact(lora_run, tiny_model_dir, tmp_path):
+    """The run's storage as if it had stopped after step 4: `resume=auto` must find checkpoint 4 and continue."""
+    import shutil
+
+    stopped = tmp_path / "resumed"
+    shutil.copytree(lora_run["dir"] / "ray", stopped / "ray")
+    for later in (stopped / "ray").glob(f"train-*/checkpoint-{STEPS:06d}"):
+        shutil.rmtree(later)
+    resumed = _run(stopped, tiny_model_dir, ["resume=auto"])
     assert sorted(resumed["losses"]) == list(range(5, STEPS + 1))
     for step in range(5, STEPS + 1):
         assert resumed["losses"][step] == pytest.approx(lora_run["losses"][step], rel=1e-5, abs=1e-6), step
