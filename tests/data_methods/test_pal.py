@@ -102,7 +102,7 @@ def test_export_round_trips(tmp_path):
 
 @pytest.mark.slow
 def test_train_objective_pal_reward_exports_a_judge_per_user(tmp_path, tiny_model_dir, ray_local):
-    from conftest import compose
+    from tests.conftest import compose
 
     from framework.cluster.evaluate import check_judge
     from framework.model.reward import score
