@@ -69,29 +69,16 @@ def train_one(name: str, store: str, rows: int, epochs: int, workers: int, work:
 
 
 def plot(runs: List[Dict[str, Any]], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from benchmarks._plots import Bars, Lines, Series, chart
 
     colors = {"isa": "tab:green", "random": "tab:gray", "full": "tab:blue"}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for run in runs:
-        axes[0].scatter(run["train_tokens"], run["accuracy_end"], color=colors[run["name"].split("-")[0]],
-                        label=run["name"], s=50)
-    axes[0].set_xscale("log")
-    axes[0].set_xlabel("training tokens")
-    axes[0].set_ylabel("held-out accuracy after training")
-    axes[0].legend(fontsize=8)
-    axes[1].bar([r["name"] for r in runs], [r["gain_per_1k_tokens"] for r in runs],
-                color=[colors[r["name"].split("-")[0]] for r in runs])
-    axes[1].set_title("accuracy gain per 1k training tokens", fontsize=10)
-    axes[1].tick_params(axis="x", rotation=30)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    color = [colors[r["name"].split("-")[0]] for r in runs]
+    points = Lines([Series(r["name"], [r["train_tokens"]], [r["accuracy_end"]], c) for r, c in zip(runs, color)],
+                   xlabel="training tokens", ylabel="held-out accuracy after training", xlog=True, points=True,
+                   extra={"s": 50})
+    gains = Bars([r["name"] for r in runs], [r["gain_per_1k_tokens"] for r in runs], color,
+                 title="accuracy gain per 1k training tokens")
+    return chart(path, title, [points, gains], figsize=(11, 4))
 
 
 def main(argv: List[str]) -> int:
@@ -106,7 +93,7 @@ def main(argv: List[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every training run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from benchmarks.train_throughput import environment
+    from benchmarks._harness import environment
     from framework.cluster.launcher import ensure_ray_address, shutdown
 
     ensure_ray_address(None, num_cpus=max(4, args.workers + 2))

@@ -61,25 +61,14 @@ def ratios(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def plot(runs: List[Dict[str, Any]], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from benchmarks._plots import Bars, bar_chart
 
     names = [r["name"] for r in runs]
     colors = ["tab:gray" if r["mode"] == "full" else "tab:green" for r in runs]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     panels = [("model_state_mib", "weights + optimizer state per rank (MiB)"),
               ("peak_rss_mib", "peak RSS per rank (MiB)"), ("tokens_per_s", "tokens/s (all workers)")]
-    for ax, (key, label) in zip(axes, panels):
-        ax.bar(names, [r[key] for r in runs], color=colors)
-        ax.set_title(label, fontsize=10)
-        ax.tick_params(axis="x", rotation=30)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return bar_chart(path, title, [Bars(names, [r[key] for r in runs], colors, title=label) for key, label in panels],
+                     figsize=(13, 4))
 
 
 def main(argv: List[str]) -> int:
@@ -95,7 +84,7 @@ def main(argv: List[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from benchmarks.train_throughput import environment
+    from benchmarks._harness import environment
     from framework.cluster.launcher import shutdown
     from framework.model.demo import build_tiny_llama, demo_tokenizer_path
 

@@ -1,7 +1,7 @@
 """Memory per rank for long-sequence DPO (issue 14): TRL's DPOTrainer against alignray's memory options, and the
 longest sequence each trains within a fixed per-rank memory budget.
 
-    alignray bench memory [--lengths 512,1024,...] [--budget-mib 1024] [--vocab 32000] [--hidden 128] [--layers 2]
+    alignray bench context [--lengths 512,1024,...] [--budget-mib 1024] [--vocab 32000] [--hidden 128] [--layers 2]
 
 One DPO pair (chosen and rejected, each exactly L tokens) per step on a small Llama built from a config (32k
 vocabulary: at long lengths the [2, L, vocab] logits are what runs out first), fp32, CPU, one thread per rank.
@@ -209,7 +209,7 @@ def plot(rows: List[Dict[str, Any]], budget: float, path: Path) -> None:
 
 
 def main(argv: List[str]) -> int:
-    parser = argparse.ArgumentParser(prog="alignray bench memory", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="alignray bench context", description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", default="512,1024,2048,4096,8192,16384")
     parser.add_argument("--budget-mib", type=float, default=2048.0)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
@@ -218,7 +218,7 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--out", default=None, help="work directory (default: a temp dir)")
     args = parser.parse_args(argv)
-    from benchmarks.train_throughput import environment
+    from benchmarks._harness import environment
 
     out = Path(args.out or tempfile.mkdtemp(prefix="alignray-bench-memory-"))
     out.mkdir(parents=True, exist_ok=True)

@@ -112,7 +112,7 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--out", help=f"directory for the JSON and PNG (default {RESULTS})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from benchmarks.train_throughput import environment
+    from benchmarks._harness import environment
     from framework.cluster.launcher import ensure_ray_address, shutdown
     from framework.cluster.pal import train_pal
     from framework.model.demo import demo_model_path

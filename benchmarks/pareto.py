@@ -361,7 +361,7 @@ def run_all(runs: List[Dict[str, Any]], work: Path, common: List[str]) -> List[D
 
 def report(runs: List[Dict[str, Any]], data: Dict[str, Any], args: argparse.Namespace, common: List[str],
            work: Path) -> int:
-    from benchmarks.train_throughput import environment
+    from benchmarks._harness import environment
 
     objectives, reference = data["objectives"], (0.0,) * len(data["objectives"])
     trained = [run for run in runs if "error" not in run]

@@ -60,7 +60,7 @@ def main(argv: List[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from benchmarks.train_throughput import environment
+    from benchmarks._harness import environment
     from framework import demo_data
     from framework.cluster.launcher import shutdown
     from framework.cluster.spa import run_rounds

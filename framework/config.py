@@ -36,6 +36,9 @@ class ModelConfig:
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False  # recompute decoder-layer activations in backward (non-reentrant)
     tiled_logps_above: int = 1024  # longer training batches (tokens): log-probs without [B,T,V] logits; 0 = never
+    shared_prompt: bool = True  # one row [prompt | r1 | … | rK]: the prompt forwarded once for its K responses
+    packing: bool = True  # several examples per row (block-diagonal masks, reset positions): no padding compute
+    pack_tokens: int = 0  # packed row length; 0 = the micro-batch's longest example (no row grows past padding)
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
 
     @property
@@ -105,6 +108,7 @@ class TrainConfig:
     export: bool = True
     checkpoint_on_interrupt: bool = True  # SIGINT/SIGTERM: finish the current step, checkpoint, then stop
     sequence_parallel: int = 1  # Ulysses: workers sharing each sequence; must divide cluster.num_workers
+    sync_timing: bool = False  # synchronise the accelerator at each timed phase (exact time/* split, slower)
 
 
 @dataclasses.dataclass
@@ -247,6 +251,9 @@ def _check_memory_options(config: RunConfig) -> None:
     if config.deepspeed.offload_params and config.deepspeed.zero_stage != 3:
         raise ConfigError(f"deepspeed.offload_params needs deepspeed.zero_stage=3 (got {config.deepspeed.zero_stage}): "
                           "only ZeRO-3 partitions the parameters", "set deepspeed.zero_stage=3")
+    if not isinstance(config.model.pack_tokens, int) or config.model.pack_tokens < 0:
+        raise ConfigError(f"model.pack_tokens={config.model.pack_tokens} must be a whole number >= 0 "
+                          "(0 = the longest example of each micro-batch)")
     tile = config.model.tiled_logps_above
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 0:
         raise ConfigError(f"model.tiled_logps_above={tile} must be a whole number >= 0 (0 = never tile)")

@@ -20,7 +20,12 @@ SCENARIOS = {
     "lora": ("benchmarks.lora", "LoRA vs full fine-tuning: trainable params, memory per rank, tokens/s at ZeRO-2/3"),
     "isa": ("benchmarks.isa", "ISA 10% vs random 10% vs 100% of the demo pairs: held-out accuracy per training token"),
     "pal": ("benchmarks.pal", "PAL-A/PAL-B vs one BT model: per-user accuracy on simulated disagreeing user groups"),
-    "memory": ("benchmarks.memory", "DPO memory per rank vs length: TRL (checkpointing) vs alignray's memory options"),
+    "context": ("benchmarks.memory", "DPO memory per rank vs length: TRL (checkpointing) vs alignray's memory options"),
+    "memory": ("benchmarks.zero_memory", "ZeRO-0/1/2/3 weights+gradients+optimizer memory per rank, 2 ranks"),
+    "listwise": ("benchmarks.listwise", "listwise objective, K=2/4/8: time per step with and without shared prompts"),
+    "mfu": ("benchmarks.mfu", "DPO model FLOP/s of a ~22M Llama as a fraction of a measured fp32 matmul peak"),
+    "dpo": ("benchmarks.dpo", "DPO pairs/s vs TRL's DPOTrainer, same model/rows/batch/budget (--workload hh|demo)"),
+    "scaling": ("benchmarks.scaling", "our DPO pairs/s with 1 vs 2 workers on the same global batch"),
 }
 
 

@@ -25,6 +25,8 @@ def _parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--max-prompt-length", type=int, default=64, help="must match data.max_prompt_length")
     if command == "add-reference":
         parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+        parser.add_argument("--padded", action="store_true",
+                            help="one padded row per response instead of shared-prompt packed rows (same values)")
     if command == "add-samples":
         parser.add_argument("-k", type=int, default=4, help="samples per prompt")
         parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -56,7 +58,7 @@ def main(argv: List[str]) -> int:
     if command == "add-reference":
         version = store_passes.add_reference(args.path, args.model, max_length=args.max_length,
                                              max_prompt_length=args.max_prompt_length, dtype=args.dtype,
-                                             num_workers=args.num_workers)
+                                             num_workers=args.num_workers, packed=not args.padded)
     elif command == "add-samples":
         version = store_passes.add_samples(args.path, args.model, k=args.k, max_new_tokens=args.max_new_tokens,
                                            temperature=args.temperature, seed=args.seed, num_workers=args.num_workers)

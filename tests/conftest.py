@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
-from typing import List
+from typing import Any, Dict, List
 
 import pytest
 
@@ -16,6 +20,26 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def single_rank(function: str, stages: List[int]) -> Dict[int, Any]:
+    """`module:function(stage)` for each ZeRO stage in one fresh process with a world-size-1 gloo group:
+    real DeepSpeed engines without Ray. The function returns JSON-able results."""
+    module, name = function.split(":")
+    env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(free_port()), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    code = (f"import json; from {module} import {name}; "
+            f"print('RESULT ' + json.dumps({{s: {name}(s) for s in {list(stages)!r}}}))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    return {int(k): v for k, v in json.loads(lines[-1][len("RESULT "):]).items()}
 
 
 @pytest.fixture(scope="session", autouse=True)

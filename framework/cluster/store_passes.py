@@ -49,19 +49,24 @@ def _map_rows(store_path: str, worker: Callable[..., List[Any]], options: Dict[s
 
 
 def _reference_part(store_path: str, start: int, end: int, *, model_path: str, max_length: int,
-                    max_prompt_length: int, batch_size: int, dtype: str) -> List[tuple]:
-    """(logps, lengths) per row, computed exactly as the trainer's live reference does."""
+                    max_prompt_length: int, batch_size: int, dtype: str, packed: bool) -> List[tuple]:
+    """(logps, lengths) per row, computed exactly as the trainer's live reference does (in the shared-prompt,
+    packed layout unless `packed` is false or the model's attention takes no custom mask)."""
     import torch
 
     from framework.engine.batches import BatchBuilder
     from framework.engine.step import stats
+    from framework.model.batching import PADDED, Layout
     from framework.model.loading import load_causal_lm, load_tokenizer
+    from framework.model.logprobs import supports_packed
     from framework.store import open_store
 
     torch.set_num_threads(1)
     store = open_store(store_path)
     model = load_causal_lm(model_path, dtype).eval()
-    builder = BatchBuilder(load_tokenizer(model_path).pad_token_id, max_length, max_prompt_length, "pairwise", False)
+    layout = Layout(shared_prompt=True, packing=True) if packed and supports_packed(model) else PADDED
+    builder = BatchBuilder(load_tokenizer(model_path).pad_token_id, max_length, max_prompt_length, "pairwise", False,
+                           layout=layout)
     out: List[tuple] = []
     for first in range(start, end, batch_size):
         rows = list(range(first, min(end, first + batch_size)))
@@ -75,7 +80,7 @@ def _reference_part(store_path: str, start: int, end: int, *, model_path: str, m
 
 
 def add_reference(store_path: str, model_path: str, *, max_length: int = 128, max_prompt_length: int = 64,
-                  batch_size: int = 16, num_workers: int = 2, dtype: str = "fp32") -> Any:
+                  batch_size: int = 16, num_workers: int = 2, dtype: str = "fp32", packed: bool = True) -> Any:
     """Write a new version with per-response reference log-probs, tagged with the reference fingerprint."""
     import pyarrow as pa
 
@@ -84,7 +89,8 @@ def add_reference(store_path: str, model_path: str, *, max_length: int = 128, ma
 
     version = open_store(store_path)
     results = _map_rows(str(version.path), _reference_part, dict(model_path=model_path, max_length=max_length,
-                        max_prompt_length=max_prompt_length, batch_size=batch_size, dtype=dtype), num_workers)
+                        max_prompt_length=max_prompt_length, batch_size=batch_size, dtype=dtype, packed=packed),
+                       num_workers)
     info = {"model": model_path, "fingerprint": reference_fingerprint(model_path, max_length, max_prompt_length),
             "max_length": max_length, "max_prompt_length": max_prompt_length, "dtype": dtype}
     columns = {"ref_logps": pa.array([r[0] for r in results], pa.list_(pa.float64())),

@@ -65,6 +65,10 @@ def train_worker(payload: Dict[str, Any]) -> None:
     device = pick_device(payload["use_gpu"])
     if device.type == "cpu":  # say so before DeepSpeed is imported, instead of its auto-detection warning
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if world == 1 and cfg.deepspeed.zero_stage in (1, 2) and not cfg.deepspeed.offload_optimizer:
+        # One rank has nothing to partition: stage 1/2 would only add gradient-bucket copies (demo DPO step, 1
+        # worker: 18.4 → 13.8 ms median, benchmarks/LOG.md). ZeRO-3 and ZeRO-Offload keep their stage.
+        cfg.deepspeed.zero_stage = 0
     seam = DeepSpeedSeam(cfg.deepspeed, cfg.train, device, payload["backend"])
     seam.init_distributed()
     data_rank, data_world = _sequence_parallel(cfg, paths["model_path"], rank, world)
@@ -97,6 +101,7 @@ def train_worker(payload: Dict[str, Any]) -> None:
         reference = seam.wrap_reference(reference)
     elif live_reference:
         reference = AdaptersDisabled(engine)
+    layout = _layout(cfg, policy, rank)
     mode = "stored" if stored_reference else ("live" if reference is not None else "none")
     if rank == 0:
         info = {"reference": mode, "reference_from": _reference_source(mode, base_is_reference, paths),
@@ -104,6 +109,7 @@ def train_worker(payload: Dict[str, Any]) -> None:
                 "gradient_checkpointing": cfg.model.gradient_checkpointing,
                 "offload_params": cfg.deepspeed.offload_params, "offload_optimizer": cfg.deepspeed.offload_optimizer,
                 "sequence_parallel": cfg.train.sequence_parallel,
+                "shared_prompt": layout.shared_prompt and not reward, "packing": layout.packing and not reward,
                 "device": str(device), "backend": payload["backend"], **parameters}
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.output_dir) / "run_info.json").write_text(json.dumps(info, indent=2))
@@ -114,10 +120,12 @@ def train_worker(payload: Dict[str, Any]) -> None:
         lengths=store.token_lengths() if cfg.train.length_grouping else None,
     )
     builder = BatchBuilder(tokenizer.pad_token_id, cfg.data.max_length, cfg.data.max_prompt_length,
-                           objective.feedback, stored_reference, objective.requires, use_udm_weights=cfg.data.udm)
-    eval_batches = _eval_batches(paths.get("eval_store"), data_rank, data_world, cfg, tokenizer.pad_token_id, objective)
+                           objective.feedback, stored_reference, objective.requires, use_udm_weights=cfg.data.udm,
+                           layout=layout)
+    eval_batches = _eval_batches(paths.get("eval_store"), data_rank, data_world, cfg, tokenizer.pad_token_id, objective,
+                                 layout)
     runner = StepRunner(seam, engine, reference, objective, tokenizer.pad_token_id, cfg.data.max_length,
-                        cfg.data.max_prompt_length, tile_above=cfg.model.tiled_logps_above)
+                        cfg.data.max_prompt_length, tile_above=cfg.model.tiled_logps_above, layout=builder.layout)
     reporter = RayReporter(cfg.output_dir, rank, world, cfg.train.report_every, seam.barrier, payload.get("resume_from"))
     try:
         TrainLoop(runner, builder, store, sampler, cfg.train, reporter, eval_batches).run()
@@ -167,7 +175,29 @@ def _use_stored_reference(cfg: Any, store: Any, paths: Dict[str, Any], objective
     return ok
 
 
-def _eval_batches(eval_store: Optional[str], rank: int, world: int, cfg: Any, pad_id: int, objective: Any) -> List[Any]:
+def _layout(cfg: Any, policy: Any, rank: int) -> Any:
+    """The forward layout from model.shared_prompt/packing where the model can run it: Ulysses splits padded
+    rows; FlashAttention takes no custom mask but packs single sequences (reward heads: see BatchBuilder)."""
+    from framework.model.batching import PADDED, Layout
+    from framework.model.logprobs import attention_kind, supports_packed
+
+    layout = Layout(cfg.model.shared_prompt, cfg.model.packing, cfg.model.pack_tokens)
+    if layout.padded:
+        return layout
+    if cfg.train.sequence_parallel > 1:
+        reason, layout = "train.sequence_parallel > 1 splits padded rows", PADDED
+    elif layout.shared_prompt and not supports_packed(policy):
+        reason = f"{attention_kind(policy)} attention takes no custom mask"
+        layout = Layout(False, layout.packing, layout.pack_tokens) if supports_packed(policy, False) else PADDED
+    else:
+        return layout
+    if rank == 0:
+        log.warning("%s: model.shared_prompt%s off", reason, "" if layout.packing else "/packing")
+    return layout
+
+
+def _eval_batches(eval_store: Optional[str], rank: int, world: int, cfg: Any, pad_id: int, objective: Any,
+                  layout: Any) -> List[Any]:
     if not eval_store:
         return []
     from framework.engine.batches import BatchBuilder
@@ -178,7 +208,8 @@ def _eval_batches(eval_store: Optional[str], rank: int, world: int, cfg: Any, pa
     # A multi store keeps its per-objective scores (per-objective accuracy); PRO's policy sees its weights in context.
     feedback = "multi" if store.kind == "multi" else "pairwise"
     requires = [r for r in objective.requires if r == "context_prompts"]
-    builder = BatchBuilder(pad_id, cfg.data.max_length, cfg.data.max_prompt_length, feedback, False, requires)
+    builder = BatchBuilder(pad_id, cfg.data.max_length, cfg.data.max_prompt_length, feedback, False,
+                           requires + [r for r in objective.requires if r == "rewards"], layout=layout)
     return [builder.build(store.take(batch.indices), batch.is_padding) for batch in sampler.plan(0)]
 
 

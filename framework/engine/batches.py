@@ -11,12 +11,12 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from framework.errors import UserError
-from framework.model.batching import TokenBatch, collate
+from framework.model.batching import PADDED, Layout, PackedBatch, TokenBatch, build_tokens
 
 
 @dataclasses.dataclass
 class MicroBatch:
-    tokens: TokenBatch
+    tokens: "TokenBatch | PackedBatch"
     annotations: Dict[str, Any]  # scores, mask, labels, ... as the objective contract names them
     weights: torch.Tensor  # [B] 1 for examples that count, 0 for padding rows that equalise ranks
     stored_reference: Optional[Dict[str, torch.Tensor]] = None  # logps/lengths [B, K] from the store
@@ -40,8 +40,11 @@ class BatchBuilder:
     """
 
     def __init__(self, pad_id: int, max_length: int, max_prompt_length: int, feedback: str,
-                 use_stored_reference: bool, requires: Sequence[str] = (), use_udm_weights: bool = False) -> None:
+                 use_stored_reference: bool, requires: Sequence[str] = (), use_udm_weights: bool = False,
+                 layout: Layout = PADDED) -> None:
         self.pad_id, self.max_length, self.max_prompt_length = pad_id, max_length, max_prompt_length
+        # A scalar reward head reads each row's last token: reward models keep one padded row per sequence.
+        self.layout = PADDED if "rewards" in requires else layout
         self.feedback, self.requires = feedback, tuple(requires)
         self.use_stored_reference = use_stored_reference
         self.use_udm_weights = use_udm_weights  # BCO with data.udm=true: a store may hold them from an earlier run
@@ -56,8 +59,8 @@ class BatchBuilder:
         prompt_ids = cols["prompt_ids"]
         if "context_prompts" in self.requires:
             prompt_ids = _required_column(cols, "context_prompt_ids")
-        tokens = collate(prompt_ids, responses, pad_id=self.pad_id, max_length=self.max_length,
-                         max_prompt_length=self.max_prompt_length, response_prompts=response_prompts)
+        tokens = build_tokens(prompt_ids, responses, layout=self.layout, pad_id=self.pad_id, max_length=self.max_length,
+                              max_prompt_length=self.max_prompt_length, response_prompts=response_prompts)
         k = tokens.num_responses
         annotations: Dict[str, Any] = {"mask": tokens.valid}
         if self.feedback == "listwise":

@@ -24,6 +24,7 @@ from framework.config import TrainConfig
 from framework.errors import UserError
 from framework.engine.batches import BatchBuilder, MicroBatch
 from framework.engine.step import StepRunner
+from framework.engine.timing import PhaseTimer, device_synchronizer
 
 log = logging.getLogger(__name__)
 STATE_FILE = "alignray_state.json"
@@ -55,6 +56,8 @@ class TrainLoop:
         self.nonfinite_in_row = 0
         self.skipped_steps = 0
         self.ledger: List[Dict[str, Any]] = []
+        synchronize = device_synchronizer(self.seam.device) if train.sync_timing else None
+        self.timer = runner.timer = PhaseTimer(synchronize)
 
     # -- data ------------------------------------------------------------------------------------------
     def micro_batches(self) -> Iterator[Tuple[List[MicroBatch], Dict[str, Any]]]:
@@ -92,10 +95,14 @@ class TrainLoop:
         if self._stop_requested():  # asked to stop while the workers were starting: nothing new to save
             return summary
         while self.step < self.train.max_steps:
-            group, info = next(batches)
+            with self.timer.phase("data"):
+                group, info = next(batches)
             started = time.perf_counter()
             self.runner.objective.set_step(self.step, self.train.max_steps)
-            metrics = self.runner.train_step(group)
+            # Rank 0 reads the driver's stop request; it rides on the step's metrics all-reduce so that every
+            # rank takes the same branch (a rank stopping alone would hang the others in their next collective).
+            metrics = self.runner.train_step(group, {"stop": float(self.reporter.stop_requested())})
+            stop_flag = metrics.pop("stop") > 0
             self._check_finite(metrics)
             self.step += 1
             self.ledger.append({"step": self.step, "epoch": info["epoch"], "rows": sum(info["rows"], []),
@@ -104,11 +111,12 @@ class TrainLoop:
             metrics.update({"step": self.step, "epoch": info["epoch"], "lr": self.seam.lr(),
                             "step_time": elapsed, "tokens_per_s": metrics.get("tokens", 0.0) / max(elapsed, 1e-9),
                             "skipped_steps": self.skipped_steps, "wall_clock": time.time()})
+            metrics.update(self.timer.take())  # time/logging: the previous step's report (this line is not written yet)
             checkpoint = None
             last = self.step == self.train.max_steps
             if self._periodic_eval_due(last):
                 metrics.update(self._evaluate())
-            stop = not last and self._stop_requested()
+            stop = not last and stop_flag
             if last or (stop and self.train.checkpoint_on_interrupt) or (
                     self.train.checkpoint_every and self.step % self.train.checkpoint_every == 0):
                 if last and self.train.eval_at_end and self.eval_batches:
@@ -116,7 +124,10 @@ class TrainLoop:
                     summary.update({f"{k}@end": v for k, v in end.items()})
                     metrics.update(end)
                 checkpoint = self._save()
+            reported = time.perf_counter()
             self.reporter.report(metrics, checkpoint)
+            if checkpoint is None:  # publishing a checkpoint is not logging
+                self.timer.add("logging", time.perf_counter() - reported)
             if stop:
                 self.reporter.event({"event": "interrupted", "step": self.step, "checkpointed": checkpoint is not None})
                 log.warning("stop requested: stopped after step %d", self.step)
@@ -124,8 +135,7 @@ class TrainLoop:
         return summary
 
     def _stop_requested(self) -> bool:
-        """Rank 0 reads the driver's request; one all-reduce makes every rank take the same branch (a rank
-        stopping alone would hang the others in their next collective)."""
+        """Before the first step: rank 0 reads the driver's request, one all-reduce shares it (see `run`)."""
         flag = torch.tensor([1.0 if self.reporter.stop_requested() else 0.0], device=self.seam.device)
         return float(self.seam.all_reduce_sum(flag)[0]) > 0
 

@@ -54,6 +54,7 @@ class DeepSpeedSeam:
         self._optimizer: Any = None  # the torch optimizer DeepSpeed's (ZeRO) wrapper steps
         self._hf_ds_config: Any = None  # must outlive from_pretrained under ZeRO-3
         self._frozen = False  # the policy has frozen parameters (LoRA)
+        self._gradient_bytes: Optional[int] = None  # gradient storage after the first backward (memory reports)
 
     # -- process group ---------------------------------------------------------------------------------
     def init_distributed(self) -> None:
@@ -134,6 +135,13 @@ class DeepSpeedSeam:
     # -- step ------------------------------------------------------------------------------------------
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
+        if self._gradient_bytes is None:  # the same every step: measured once, before the step frees it
+            self._gradient_bytes = _storage_bytes(self._gradient_tensors())
+
+    def _gradient_tensors(self) -> List[torch.Tensor]:
+        """`param.grad` (ZeRO-0) and the ZeRO optimizer's gradient partitions; not the communication buckets."""
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        return grads + _tensors([getattr(self.engine.optimizer, name, None) for name in _GRADIENT_BUFFERS])
 
     def step(self) -> None:
         boundary = self.engine.is_gradient_accumulation_boundary()
@@ -211,8 +219,8 @@ class DeepSpeedSeam:
 
     def model_state_bytes(self, reference: Any = None) -> Dict[str, int]:
         """Bytes this rank holds for weights (policy, and a separate reference model if any) and for optimizer
-        state (fp32 master partitions and Adam moments), each storage counted once. Gradient buffers and
-        activations are not included: the process's peak RSS covers everything."""
+        state (fp32 master partitions and Adam moments), each storage counted once, and the gradient storage
+        after the first backward (0 before any). Activations are not included: the peak RSS covers them."""
         def local(tensor: torch.Tensor) -> torch.Tensor:
             part = getattr(tensor, "ds_tensor", None)  # ZeRO-3: this rank's partition
             return part if part is not None else tensor
@@ -234,7 +242,8 @@ class DeepSpeedSeam:
         weights = total(p for model in models for p in model.parameters())
         groups = [p for group in self._optimizer.param_groups for p in group["params"]]
         moments = [t for state in self._optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
-        return {"weights": weights, "optimizer": total(iter(groups)) + total(iter(moments))}
+        return {"weights": weights, "optimizer": total(iter(groups)) + total(iter(moments)),
+                "gradients": self._gradient_bytes or 0}
 
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])
@@ -262,6 +271,29 @@ class DeepSpeedSeam:
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint could be loaded from {directory}")
         return client_state or {}
+
+
+# Where DeepSpeed's ZeRO optimizers keep gradients between backward and step (stage 1: averaged_gradients and
+# all_grad_tensors; 2: grads_in_partition; 3: grad_partitions_flat_buffer).
+_GRADIENT_BUFFERS = ("averaged_gradients", "all_grad_tensors", "grads_in_partition", "grad_partitions_flat_buffer")
+
+
+def _tensors(value: Any) -> List[torch.Tensor]:
+    """Tensors in nested dicts/lists, and the flat buffer of DeepSpeed's compact gradient-partition groups."""
+    if torch.is_tensor(value):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _tensors(item)]
+    flat = getattr(value, "flat_partition", None)
+    return [flat] if torch.is_tensor(flat) else []
+
+
+def _storage_bytes(tensors: Sequence[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind `tensors` (views of one flat buffer count once)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t.numel()}
+    return sum(storages.values())
 
 
 def _restore_counters(counters: Dict[Any, Dict[str, int]]) -> None:

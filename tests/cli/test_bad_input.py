@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional
 
 import pytest
+
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PARALLEL = 3
@@ -75,6 +76,7 @@ CASES = [
     # train: memory options (issue 14)
     _train("train-offload-params-zero2", ["deepspeed.offload_params=true"], "deepspeed.offload_params needs deepspeed.zero_stage=3"),
     _train("train-tiled-negative", ["model.tiled_logps_above=-1"], "model.tiled_logps_above=-1 must be a whole number >= 0"),
+    _train("train-pack-negative", ["model.pack_tokens=-8"], "model.pack_tokens=-8 must be a whole number >= 0"),
     _train("train-sp-workers", ["train.sequence_parallel=3"], "train.sequence_parallel=3 must divide cluster.num_workers=2"),
     _train("train-sp-heads", ["cluster.num_workers=3", "train.sequence_parallel=3", "model.path={tiny}"],
            "train.sequence_parallel=3 must divide the model's attention heads (num_attention_heads=4"),
@@ -162,12 +164,6 @@ CASES = [
 USAGE_ERRORS = {"store-build-kind", "job-stop-no-id"}  # argparse's own message: usage line + error line
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:  # a port that was just free: nothing listens there
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _fill(text: str, world: Dict[str, str]) -> str:
     return text.format(**world)
 
@@ -251,7 +247,7 @@ def _snapshot(root: Path) -> Dict[str, str]:
 def world(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: str) -> Dict[str, str]:
     tmp = tmp_path_factory.mktemp("bad-input")
     _make_inputs(tmp, tiny_model_dir)
-    return {"tmp": str(tmp), "tiny": tiny_model_dir, "port": str(_free_port())}
+    return {"tmp": str(tmp), "tiny": tiny_model_dir, "port": str(free_port())}
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
 from framework.config import ConfigError
-from tests.conftest import REPO, compose
+from tests.conftest import REPO, compose, single_rank
 
 # -- stored reference --------------------------------------------------------------------------------------
 
@@ -131,23 +127,10 @@ def skip_scenario(stage: int) -> dict:
             "moved": not _same(weights, _weights(a))}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def skip_results() -> dict:
     """All ZeRO stages in one fresh process with a world-size-1 gloo group (DeepSpeed without Ray)."""
-    env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(_free_port()), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
-    code = ("import json, sys; from tests.engine.test_correctness_gaps import skip_scenario; "
-            "print('RESULT ' + json.dumps({s: skip_scenario(s) for s in (0, 1, 2, 3)}))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert done.returncode == 0 and lines, done.stderr[-3000:]
-    return {int(k): v for k, v in json.loads(lines[-1][len("RESULT "):]).items()}
+    return single_rank("tests.engine.test_correctness_gaps:skip_scenario", [0, 1, 2, 3])
 
 
 @pytest.mark.slow  # one subprocess, two real DeepSpeed engines per ZeRO stage: ~25 s

@@ -10,13 +10,14 @@ the ratio of the two steps' gradients, so the weights check the gradients' size,
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Dict, List
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+
+from tests.conftest import free_port
 
 STAGES, WORLD, MICRO, M, STEPS, LR = (0, 1, 2, 3), 2, 2, 3, 2, 1e-2
 # ZeRO-3 loads its model partitioned while its seam is alive: its runs come last in the process.
@@ -133,16 +134,10 @@ def _reference(model_dir: str) -> Dict:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir) -> Dict:
     out = tmp_path_factory.mktemp("gradient-gram")
-    mp.start_processes(_rank, args=(_free_port(), tiny_model_dir, str(out)), nprocs=WORLD, start_method="spawn",
+    mp.start_processes(_rank, args=(free_port(), tiny_model_dir, str(out)), nprocs=WORLD, start_method="spawn",
                        join=True)
     ranks = [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD)]
     return {"ranks": ranks, "reference": _reference(tiny_model_dir)}

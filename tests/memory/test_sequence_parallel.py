@@ -5,10 +5,11 @@ gradient checkpointing. Tolerance: 1e-5 absolute on log-probs/loss, 1e-5 relativ
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 import torch.multiprocessing as mp
+
+from tests.conftest import free_port
 
 SP = 2
 
@@ -61,14 +62,8 @@ def _worker(rank: int, port: int, model_dir: str, result_dir: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_sp2_equals_sp1(tiny_model_dir, tmp_path):
-    mp.start_processes(_worker, args=(_free_port(), tiny_model_dir, str(tmp_path)), nprocs=SP,
+    mp.start_processes(_worker, args=(free_port(), tiny_model_dir, str(tmp_path)), nprocs=SP,
                        start_method="spawn", join=True)
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(SP)]
     plain_out, plain_loss, plain_grad = results[0]["plain"]
