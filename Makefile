@@ -26,7 +26,7 @@ run: setup
 	$(VENV)/bin/alignray train output_dir=runs/demo
 
 test: setup
-	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo 'no tests collected'; exit 0; fi; exit $$rc
+	$(PY) -m pytest -q --durations=25; rc=$$?; if [ $$rc -eq 5 ]; then echo 'no tests collected'; exit 0; fi; exit $$rc
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -49,7 +49,7 @@ def _map_rows(store_path: str, worker: Callable[..., List[Any]], options: Dict[s
 
 
 def _reference_part(store_path: str, start: int, end: int, *, model_path: str, max_length: int,
-                    max_prompt_length: int, batch_size: int, dtype: str, packed: bool) -> List[tuple]:
+                    max_prompt_length: int, batch_size: int, dtype: str, packed: bool = True) -> List[tuple]:
     """(logps, lengths) per row, computed exactly as the trainer's live reference does (in the shared-prompt,
     packed layout unless `packed` is false or the model's attention takes no custom mask)."""
     import torch

@@ -197,10 +197,12 @@ def _layout(cfg: Any, policy: Any, rank: int) -> Any:
 
 
 def _eval_batches(eval_store: Optional[str], rank: int, world: int, cfg: Any, pad_id: int, objective: Any,
-                  layout: Any) -> List[Any]:
+                  layout: Any = None) -> List[Any]:
+    """This rank's held-out micro-batches, in the training forward's layout (None = padded rows)."""
     if not eval_store:
         return []
     from framework.engine.batches import BatchBuilder
+    from framework.model.batching import PADDED
     from framework.store import EpochSampler, open_store
 
     store = open_store(eval_store)
@@ -209,7 +211,7 @@ def _eval_batches(eval_store: Optional[str], rank: int, world: int, cfg: Any, pa
     feedback = "multi" if store.kind == "multi" else "pairwise"
     requires = [r for r in objective.requires if r == "context_prompts"]
     builder = BatchBuilder(pad_id, cfg.data.max_length, cfg.data.max_prompt_length, feedback, False,
-                           requires + [r for r in objective.requires if r == "rewards"], layout=layout)
+                           requires + [r for r in objective.requires if r == "rewards"], layout=layout or PADDED)
     return [builder.build(store.take(batch.indices), batch.is_padding) for batch in sampler.plan(0)]
 
 

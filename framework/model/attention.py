@@ -39,19 +39,30 @@ def block_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
     spans = getattr(attention_mask, "alignray_spans", None)
     if spans is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    out = query.new_zeros(query.shape[0], query.shape[2], query.shape[1], value.shape[-1])  # padding stays 0
-    for row, blocks in enumerate(spans):
-        q, k, v = query[row:row + 1], key[row:row + 1], value[row:row + 1]
-        for start, causal_end, end in blocks:
-            if causal_end > start:
-                part, _ = sdpa_attention_forward(module, q[:, :, start:causal_end], k[:, :, start:causal_end],
-                                                 v[:, :, start:causal_end], None, dropout, scaling, is_causal=True)
-                out[row, start:causal_end] = part[0]
+    # Rows, then each row's block parts, are cut with `split` and joined with `cat`: their backward is one cat
+    # or split per row. Slicing (or writing into a buffer) would make autograd build a full-size gradient per
+    # piece (seen: fill_/copy_/add_ at 40% of the step).
+    rows = []
+    for q, k, v, mask, blocks in zip(query.split(1), key.split(1), value.split(1), attention_mask.split(1), spans):
+        used = blocks[-1][2] if blocks else 0
+        cuts = [point for block in blocks for point in block[:2]] + [used, query.shape[2]]
+        sizes = [b - a for a, b in zip(cuts, cuts[1:])]  # causal part, responses, per block; then the padding
+        qs, ks, vs = q.split(sizes, 2), k.split(sizes, 2), v.split(sizes, 2)
+        parts = []
+        for i, (start, causal_end, end) in enumerate(blocks):
+            c, r = 2 * i, 2 * i + 1  # piece indices: the causal part, then the responses
+            if causal_end > start:  # empty for a shared block with an empty prompt
+                parts.append(sdpa_attention_forward(module, qs[c], ks[c], vs[c], None, dropout, scaling,
+                                                    is_causal=True)[0])
             if end > causal_end:
-                part, _ = sdpa_attention_forward(module, q[:, :, causal_end:end], k[:, :, start:end], v[:, :, start:end],
-                                                 attention_mask[row:row + 1, :, causal_end:end, start:end], dropout,
-                                                 scaling, is_causal=False)
-                out[row, causal_end:end] = part[0]
+                keys, values = torch.cat([ks[c], ks[r]], 2), torch.cat([vs[c], vs[r]], 2)
+                parts.append(sdpa_attention_forward(module, qs[r], keys, values,
+                                                    mask[:, :, causal_end:end, start:end], dropout, scaling,
+                                                    is_causal=False)[0])
+        if used < query.shape[2]:  # padding at the row's end: its output is never read
+            parts.append(query.new_zeros(1, query.shape[2] - used, query.shape[1], value.shape[-1]))
+        rows.append(torch.cat(parts, dim=1))
+    out = torch.cat(rows)
     return out, None
 
 
